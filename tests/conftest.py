@@ -1,0 +1,55 @@
+"""Test setup: 8 virtual CPU devices for mesh tests, no accelerator preallocation."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+  backend = jax.default_backend()
+  for item in items:
+    if "gpu" in item.keywords and backend != "gpu":
+      item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+    if "tpu" in item.keywords and backend != "tpu":
+      item.add_marker(pytest.mark.skip(reason="needs a TPU"))
+
+
+@pytest.fixture
+def tiny_config():
+  from yijax.models.config import ModelConfig
+
+  return ModelConfig(vocab_size=101, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     mlp_dim=96, rope_theta=10000.0, max_seq_len=256)
+
+
+def make_hf_llama(directory, seed=0, **overrides):
+  """A tiny random transformers LlamaForCausalLM saved as safetensors (no download)."""
+  import torch
+  from transformers import LlamaConfig, LlamaForCausalLM
+
+  values = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                rope_theta=5e6, tie_word_embeddings=False, rms_norm_eps=1e-5)
+  values.update(overrides)
+  torch.manual_seed(seed)
+  model = LlamaForCausalLM(LlamaConfig(**values)).eval()
+  with torch.no_grad():  # random norms too, so a swapped norm would show
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+  model.save_pretrained(str(directory))
+  return model
+
+
+@pytest.fixture
+def hf_llama():
+  return make_hf_llama

@@ -1,0 +1,97 @@
+"""`yijax <command> [flags]`: the command line.
+
+Each command declares its flags on its own absl FlagValues, so `yijax CMD
+--help` lists exactly that command's flags; `--config=FILE[:ARG]` plus
+`--config.a.b=value` overrides come from ml_collections.config_flags.
+Command bodies live in the library; this file only parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+
+from yijax.models.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  help: str
+  module: str  # yijax.commands.<module>: defines define_flags(fv, argv) and run(fv, args)
+
+
+COMMANDS: dict[str, Command] = {
+    "model-info": Command("parameter counts and bytes of a model config (allocates nothing)", "model_info"),
+    "convert": Command("hf-to-yijax | yijax-to-hf: Hugging Face safetensors <-> yijax model dirs", "convert"),
+    "generate": Command("sample from a model dir or run dir (KV-cache decoding)", "generate"),
+    "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
+}
+
+
+class UsageError(Exception):
+  pass
+
+
+def usage() -> str:
+  width = max(len(n) for n in COMMANDS)
+  lines = ["usage: yijax <command> [flags]   (yijax <command> --help for its flags)", "", "commands:"]
+  lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def _load(name: str):
+  return importlib.import_module(f"yijax.commands.{COMMANDS[name].module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    return 0
+  name = argv[1]
+  if name not in COMMANDS:
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    print(f"yijax: unknown command {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""), file=sys.stderr)
+    print(usage(), file=sys.stderr)
+    return 2
+  module = _load(name)
+  fv = flags.FlagValues()
+  prog = [f"yijax {name}"] + argv[2:]
+  module.define_flags(fv, prog)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
+    print(f"yijax {name}: {COMMANDS[name].help}\n")
+    print(fv.get_help())
+    return 0
+  try:
+    if hasattr(module, "check_argv"):
+      module.check_argv(prog)
+    rest = fv(prog)
+  except (flags.Error, ConfigError, AttributeError, KeyError) as e:
+    print(f"yijax {name}: {_clean(e)}", file=sys.stderr)
+    return 2
+  try:
+    return module.run(fv, rest[1:]) or 0
+  except (ConfigError, UsageError, ValueError, FileNotFoundError) as e:
+    if os.environ.get("YIJAX_TRACEBACK"):
+      raise
+    print(f"yijax {name}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def _clean(error: Exception) -> str:
+  text = str(error)
+  return text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+
+
+def entry_point() -> None:
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry_point()

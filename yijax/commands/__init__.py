@@ -1,0 +1,21 @@
+"""One module per `yijax` command: `define_flags(fv, argv)` and `run(fv, args)`."""
+
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from yijax import configlib
+
+
+def define_config(fv: flags.FlagValues, argv: list[str], name: str = "config", default=None,
+                  help_string: str = "config file, FILE.py[:ARG]; override fields with --config.a.b=v") -> None:
+  config_flags.DEFINE_config_file(name, default, help_string, flag_values=fv, lock_config=True, sys_argv=argv)
+
+
+def check_config_overrides(argv: list[str], name: str = "config") -> None:
+  """Names the closest keys for an unknown --config.x override before absl parses."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+  if spec is None:
+    return
+  configlib.check_overrides(configlib.load_config_file(spec), [a for a in argv if a.startswith(f"--{name}.")])

@@ -1,0 +1,398 @@
+"""Hugging Face Llama/Yi safetensors <-> yijax model directories.
+
+Yi checkpoints on the Hub are `LlamaForCausalLM`; the early remote-code
+`YiForCausalLM` checkpoints differ only in the norm names (ln1/ln2), which are
+read too. Only safetensors are read (no pickle, no code from the model
+directory is run). Tensors are streamed one at a time into the stacked
+[layers, ...] arrays, so a conversion holds one copy of the model.
+
+RoPE layout: Hugging Face q_proj/k_proj rows are already in the "rotate half"
+order that `yijax.models.rope` uses, so they are only transposed/reshaped:
+  q_proj.weight [heads*head_dim, embed] -> q_proj.kernel [embed, heads, head_dim]
+  o_proj.weight [embed, heads*head_dim] -> o_proj.kernel [heads, head_dim, embed]
+  {gate,up}_proj.weight [mlp, embed]    -> kernel [embed, mlp]
+  down_proj.weight [embed, mlp]         -> kernel [mlp, embed]
+  lm_head.weight [vocab, embed]         -> lm_head.kernel [embed, vocab]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+
+from yijax.models.config import ConfigError, ModelConfig
+from yijax.train import params_io
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "YiForCausalLM")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class ConversionError(ValueError):
+  """Bad input to a conversion; names the tensor, file or field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+  """How one HF tensor maps onto one yijax parameter (per layer when `layered`)."""
+
+  hf_name: str  # with {i} for the layer index
+  path: tuple[str, ...]
+  to_yijax: Callable[[np.ndarray, ModelConfig], np.ndarray]
+  to_hf: Callable[[np.ndarray, ModelConfig], np.ndarray]
+  layered: bool = True
+
+
+def _heads_in(n_heads_attr):
+  def to_yijax(w, c):
+    return w.T.reshape(c.hidden_size, getattr(c, n_heads_attr), c.resolved_head_dim)
+
+  def to_hf(k, c):
+    return k.reshape(c.hidden_size, -1).T
+
+  return to_yijax, to_hf
+
+
+def _transpose(w, c):
+  return w.T
+
+
+def _identity(w, c):
+  return w
+
+
+def tensor_rules(config: ModelConfig) -> list[TensorRule]:
+  q_in, q_out = _heads_in("num_heads")
+  kv_in, kv_out = _heads_in("num_kv_heads")
+  attn = "model.layers.{i}.self_attn."
+  mlp = "model.layers.{i}.mlp."
+  rules = [
+      TensorRule("model.embed_tokens.weight", ("embed", "embedding"), _identity, _identity, False),
+      TensorRule("model.norm.weight", ("final_norm", "scale"), _identity, _identity, False),
+      TensorRule("model.layers.{i}.input_layernorm.weight", ("layers", "attention_norm", "scale"), _identity, _identity),
+      TensorRule("model.layers.{i}.post_attention_layernorm.weight", ("layers", "mlp_norm", "scale"), _identity, _identity),
+      TensorRule(attn + "q_proj.weight", ("layers", "attention", "q_proj", "kernel"), q_in, q_out),
+      TensorRule(attn + "k_proj.weight", ("layers", "attention", "k_proj", "kernel"), kv_in, kv_out),
+      TensorRule(attn + "v_proj.weight", ("layers", "attention", "v_proj", "kernel"), kv_in, kv_out),
+      TensorRule(
+          attn + "o_proj.weight", ("layers", "attention", "o_proj", "kernel"),
+          lambda w, c: w.T.reshape(c.num_heads, c.resolved_head_dim, c.hidden_size),
+          lambda k, c: k.reshape(-1, c.hidden_size).T,
+      ),
+      TensorRule(mlp + "gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), _transpose, _transpose),
+      TensorRule(mlp + "up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), _transpose, _transpose),
+      TensorRule(mlp + "down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), _transpose, _transpose),
+  ]
+  if not config.tie_embeddings:
+    rules.append(TensorRule("lm_head.weight", ("lm_head", "kernel"), _transpose, _transpose, False))
+  return rules
+
+
+def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+  h, e, f, v = config.num_heads * config.resolved_head_dim, config.hidden_size, config.mlp_dim, config.vocab_size
+  kv = config.num_kv_heads * config.resolved_head_dim
+  per_layer = {
+      "input_layernorm.weight": (e,), "post_attention_layernorm.weight": (e,),
+      "self_attn.q_proj.weight": (h, e), "self_attn.k_proj.weight": (kv, e),
+      "self_attn.v_proj.weight": (kv, e), "self_attn.o_proj.weight": (e, h),
+      "mlp.gate_proj.weight": (f, e), "mlp.up_proj.weight": (f, e), "mlp.down_proj.weight": (e, f),
+  }
+  shapes = {"model.embed_tokens.weight": (v, e), "model.norm.weight": (e,)}
+  if not config.tie_embeddings:
+    shapes["lm_head.weight"] = (v, e)
+  for i in range(config.num_layers):
+    shapes.update({f"model.layers.{i}.{k}": s for k, s in per_layer.items()})
+  return shapes
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
+  archs = hf.get("architectures") or []
+  if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and hf.get("model_type") not in ("llama", "Yi"):
+    raise ConversionError(
+        f"{source}: architectures={archs} model_type={hf.get('model_type')!r} is not supported; "
+        f"yijax converts Llama-architecture models ({', '.join(SUPPORTED_ARCHITECTURES)})"
+    )
+  for flag in ("attention_bias", "mlp_bias"):
+    if hf.get(flag):
+      raise ConversionError(f"{source}: {flag}=true is not supported by the yijax dense model")
+  act = hf.get("hidden_act", "silu")
+  if act not in ("silu", "swish"):
+    raise ConversionError(f"{source}: hidden_act={act!r}; yijax's SwiGLU needs 'silu'")
+  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                         "num_attention_heads") if k not in hf]
+  if missing:
+    raise ConversionError(f"{source}: missing field(s) {missing}")
+  rope_params = dict(hf.get("rope_parameters") or {})
+  scaling = dict(hf.get("rope_scaling") or {})
+  theta = rope_params.pop("rope_theta", hf.get("rope_theta", 10000.0))
+  rope_type = rope_params.pop("rope_type", None) or scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+  scaling.pop("rope_type", None)
+  scaling.pop("type", None)
+  scaling.update(rope_params)
+  dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
+  config = ModelConfig(
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+      head_dim=hf.get("head_dim") or 0,
+      mlp_dim=hf["intermediate_size"],
+      rope_theta=float(theta),
+      rope_type=rope_type,
+      rope_scaling_params=tuple(sorted((k, v) for k, v in scaling.items() if v is not None)),
+      max_seq_len=hf.get("max_position_embeddings", 4096),
+      norm_eps=hf.get("rms_norm_eps", 1e-5),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      init_std=hf.get("initializer_range", 0.02),
+      param_dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
+  )
+  try:
+    config.validate()
+    return config.replace(head_dim=config.resolved_head_dim)
+  except ConfigError as e:
+    raise ConversionError(f"{source}: {e}") from None
+
+
+def config_to_hf(config: ModelConfig, dtype: str, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
+  scaling = None
+  if config.rope_type != "default":
+    scaling = {"rope_type": config.rope_type, **config.rope_scaling}
+  return {
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.hidden_size,
+      "intermediate_size": config.mlp_dim,
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.resolved_head_dim,
+      "max_position_embeddings": config.max_seq_len,
+      "rms_norm_eps": config.norm_eps,
+      "rope_theta": config.rope_theta,
+      "rope_scaling": scaling,
+      "tie_word_embeddings": config.tie_embeddings,
+      "hidden_act": "silu",
+      "attention_bias": False,
+      "mlp_bias": False,
+      "initializer_range": config.init_std,
+      "torch_dtype": dtype,
+      "bos_token_id": bos_id,
+      "eos_token_id": eos_id,
+  }
+
+
+# ----------------------------------------------------------------------------- HF -> yijax
+
+
+class SafetensorsReader:
+  """Lazy access to the tensors of an HF directory (single file or sharded with index)."""
+
+  def __init__(self, hf_dir: str):
+    self.hf_dir = hf_dir
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.exists(index):
+      with open(index) as f:
+        self.files = {name: os.path.join(hf_dir, file) for name, file in json.load(f)["weight_map"].items()}
+    elif os.path.exists(single):
+      from safetensors import safe_open
+
+      with safe_open(single, framework="numpy") as f:
+        self.files = {name: single for name in f.keys()}
+    else:
+      pickles = [p for p in os.listdir(hf_dir) if p.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+      hint = (
+          f" It holds {pickles}: pickle checkpoints are not read (they can run code). Convert it to "
+          f"safetensors first, in an environment you trust, with:\n  python -c \"from transformers import "
+          f"AutoModelForCausalLM as M; M.from_pretrained('{hf_dir}').save_pretrained('{hf_dir}-safetensors')\""
+          if pickles else ""
+      )
+      raise ConversionError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json.{hint}")
+    self._open: dict[str, Any] = {}
+
+  def names(self) -> list[str]:
+    return list(self.files)
+
+  def get(self, name: str) -> np.ndarray:
+    from safetensors import safe_open
+
+    file = self.files[name]
+    if not os.path.exists(file):
+      raise ConversionError(f"tensor {name}: file {file} named by the index is missing")
+    if file not in self._open:
+      self._open[file] = safe_open(file, framework="numpy")
+    return self._open[file].get_tensor(name)
+
+
+def _norm_aliases(name: str) -> str:
+  return name.replace(".ln1.", ".input_layernorm.").replace(".ln2.", ".post_attention_layernorm.")
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def read_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
+  """(config, numpy parameter pytree) from an HF directory, checked tensor by tensor."""
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise ConversionError(f"{hf_dir}: no config.json")
+  with open(config_path) as f:
+    config = config_from_hf(json.load(f), config_path)
+  reader = SafetensorsReader(hf_dir)
+  available = {_norm_aliases(n): n for n in reader.names() if not n.endswith(IGNORED_SUFFIXES)}
+  expected = expected_hf_shapes(config)
+  unexpected = sorted(set(available) - set(expected))
+  if unexpected:
+    raise ConversionError(
+        f"{hf_dir}: unexpected tensor(s) {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} for a "
+        f"{config.num_layers}-layer Llama model (tie_word_embeddings={config.tie_embeddings})"
+    )
+  missing = [n for n in expected if n not in available]
+  if missing:
+    raise ConversionError(f"{hf_dir}: missing tensor {missing[0]} (expected shape {expected[missing[0]]})"
+                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+  params: dict = {}
+  for rule in tensor_rules(config):
+    names = [rule.hf_name.format(i=i) for i in range(config.num_layers)] if rule.layered else [rule.hf_name]
+    stacked = None
+    for i, name in enumerate(names):
+      tensor = reader.get(available[name])
+      if tuple(tensor.shape) != expected[name]:
+        field = "vocab_size" if name in ("model.embed_tokens.weight", "lm_head.weight") else "shape fields"
+        raise ConversionError(
+            f"tensor {name}: expected shape {expected[name]} from config.json, found {tuple(tensor.shape)} "
+            f"(check config.json's {field})"
+        )
+      value = rule.to_yijax(tensor, config)
+      if dtype:
+        value = value.astype(_np_dtype(dtype))
+      if not rule.layered:
+        stacked = np.ascontiguousarray(value)
+        continue
+      if stacked is None:
+        stacked = np.empty((config.num_layers,) + value.shape, value.dtype)
+      stacked[i] = value
+    _set(params, rule.path, stacked)
+  if dtype:
+    config = config.replace(param_dtype=dtype)
+  return config, params
+
+
+def _np_dtype(name: str):
+  import jax.numpy as jnp
+
+  return np.dtype(jnp.dtype(name))
+
+
+@dataclasses.dataclass
+class _Staging:
+  """Writes into a temporary sibling of `out` and renames it at the end, so a
+  failed conversion leaves nothing at `out`."""
+
+  out: str
+  overwrite: bool = False
+
+  def __enter__(self) -> str:
+    self.out = os.path.abspath(self.out)
+    if os.path.exists(self.out) and os.listdir(self.out) and not self.overwrite:
+      raise ConversionError(f"--out={self.out} exists and is not empty; choose another path or pass --overwrite")
+    parent = os.path.dirname(self.out)
+    os.makedirs(parent, exist_ok=True)
+    self.tmp = tempfile.mkdtemp(prefix=os.path.basename(self.out) + ".tmp-", dir=parent)
+    return self.tmp
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+      return False
+    if os.path.exists(self.out):
+      shutil.rmtree(self.out)
+    os.replace(self.tmp, self.out)
+    return False
+
+
+def hf_to_yijax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool = False) -> ModelConfig:
+  """Converts an HF Llama/Yi directory into a yijax model directory at `out`."""
+  config, params = read_hf(hf_dir, dtype)
+  with _Staging(out, overwrite) as staging:
+    params_io.save_model(staging, params, config)
+    for name in TOKENIZER_FILES:
+      if os.path.exists(os.path.join(hf_dir, name)):
+        shutil.copy(os.path.join(hf_dir, name), os.path.join(staging, name))
+  return config
+
+
+# ----------------------------------------------------------------------------- yijax -> HF
+
+
+def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
+                overwrite: bool = False, bos_id: int = 1, eos_id: int = 2) -> str:
+  """Writes `config.json` and (sharded) safetensors for a yijax model directory."""
+  from safetensors.numpy import save_file
+
+  model_dir = params_io.resolve_model_dir(ckpt)
+  config, params = params_io.load_model(model_dir, as_numpy=True)
+  out_dtype = dtype or str(np.asarray(params["embed"]["embedding"]).dtype)
+  with _Staging(out, overwrite) as staging:
+    weight_map: dict[str, str] = {}
+    shard: dict[str, np.ndarray] = {}
+    shard_bytes, shard_names = 0, []
+
+    def flush():
+      nonlocal shard, shard_bytes
+      if shard:
+        name = f"model-{len(shard_names) + 1:05d}.safetensors"
+        save_file(shard, os.path.join(staging, name), metadata={"format": "pt"})
+        shard_names.append(name)
+        weight_map.update({k: name for k in shard})
+        shard, shard_bytes = {}, 0
+
+    for rule in tensor_rules(config):
+      value = np.asarray(_get(params, rule.path))
+      slices = [(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)] if rule.layered \
+          else [(rule.hf_name, value)]
+      for name, tensor in slices:
+        tensor = np.ascontiguousarray(rule.to_hf(tensor, config).astype(_np_dtype(out_dtype)))
+        if shard_bytes and shard_bytes + tensor.nbytes > max_shard_bytes:
+          flush()
+        shard[name] = tensor
+        shard_bytes += tensor.nbytes
+    flush()
+    if len(shard_names) == 1:
+      os.replace(os.path.join(staging, shard_names[0]), os.path.join(staging, "model.safetensors"))
+    else:
+      total = sum(os.path.getsize(os.path.join(staging, n)) for n in shard_names)
+      renamed = {n: f"model-{i + 1:05d}-of-{len(shard_names):05d}.safetensors" for i, n in enumerate(shard_names)}
+      for old, new in renamed.items():
+        os.replace(os.path.join(staging, old), os.path.join(staging, new))
+      params_io.write_json(os.path.join(staging, "model.safetensors.index.json"), {
+          "metadata": {"total_size": total},
+          "weight_map": {k: renamed[v] for k, v in weight_map.items()},
+      })
+    params_io.write_json(os.path.join(staging, "config.json"), config_to_hf(config, out_dtype, bos_id, eos_id))
+    params_io.write_json(os.path.join(staging, "generation_config.json"),
+                         {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False})
+    for name in TOKENIZER_FILES:
+      if os.path.exists(os.path.join(model_dir, name)):
+        shutil.copy(os.path.join(model_dir, name), os.path.join(staging, name))
+  return out

@@ -1,0 +1,134 @@
+"""Sentencepiece tokenizers: training one with Yi's settings, loading any `.model`.
+
+Yi's tokenizer is a sentencepiece BPE model with digits split into single
+characters, byte fallback for anything outside the vocabulary, identity
+normalization, no dummy-prefix space, and pieces made only of whitespace
+allowed (code indentation). `train_tokenizer` uses the same settings, with
+<unk>=0, <|startoftext|>=1 (bos) and <|endoftext|>=2 (eos) as in Yi.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+from yijax.models.config import ConfigError
+
+MODEL_FILE = "tokenizer.model"
+META_FILE = "tokenizer_meta.json"
+BOS_PIECE, EOS_PIECE = "<|startoftext|>", "<|endoftext|>"
+
+
+def _sp():
+  import sentencepiece
+
+  return sentencepiece
+
+
+def resolve_model_path(path: str) -> str:
+  """A `.model` file, or a directory holding tokenizer.model."""
+  candidate = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+  if not os.path.isfile(candidate):
+    raise FileNotFoundError(
+        f"no sentencepiece model at {path} (expected a .model file or a directory with {MODEL_FILE}); "
+        "train one with `yijax tokenizer train --input=FILES --vocab_size=N --out=DIR`"
+    )
+  return candidate
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+class Tokenizer:
+  """A loaded sentencepiece model with its special ids."""
+
+  def __init__(self, path: str):
+    self.path = resolve_model_path(path)
+    processor = _sp().SentencePieceProcessor()
+    if not processor.Load(self.path):
+      raise ValueError(f"{self.path} is not a sentencepiece model")
+    self.processor = processor
+    self.vocab_size = processor.GetPieceSize()
+    self.bos_id = processor.bos_id()
+    self.eos_id = processor.eos_id()
+    self.unk_id = processor.unk_id()
+    # a real pad id if the model has one, else <unk> (padding is masked out anyway)
+    self.pad_id = processor.pad_id() if processor.pad_id() >= 0 else max(self.unk_id, 0)
+    self.checksum = file_sha256(self.path)
+
+  def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+    ids = self.processor.EncodeAsIds(text)
+    return ([self.bos_id] if add_bos and self.bos_id >= 0 else []) + ids + (
+        [self.eos_id] if add_eos and self.eos_id >= 0 else [])
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.processor.Encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.processor.DecodeIds([int(i) for i in ids])
+
+  def piece(self, token_id: int) -> str:
+    return self.processor.IdToPiece(int(token_id))
+
+  def meta(self) -> dict:
+    return {"vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
+            "pad_id": self.pad_id, "unk_id": self.unk_id, "sha256": self.checksum}
+
+  def check_fits(self, model_vocab_size: int, field: str = "model.vocab_size") -> None:
+    """A tokenizer larger than the model's embedding cannot work: say both sizes."""
+    if self.vocab_size > model_vocab_size:
+      raise ConfigError(
+          f"tokenizer {self.path} has {self.vocab_size} pieces but {field}={model_vocab_size}; "
+          f"set --config.{field}={self.vocab_size} (or larger) or use a smaller tokenizer"
+      )
+
+
+def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
+                    max_sentence_length: int = 16384, input_sentence_size: int = 2_000_000,
+                    character_coverage: float = 0.9999, num_threads: int = 2, seed: int = 0) -> Tokenizer:
+  """Trains a BPE model with Yi's settings on text files; writes DIR/tokenizer.model + meta."""
+  missing = [p for p in inputs if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"tokenizer training input(s) not found: {missing}")
+  os.makedirs(out_dir, exist_ok=True)
+  model = io.BytesIO()
+  if hasattr(_sp(), "set_random_generator_seed"):
+    _sp().set_random_generator_seed(seed)
+  _sp().SentencePieceTrainer.Train(
+      input=list(inputs),
+      model_writer=model,
+      model_type="bpe",
+      vocab_size=vocab_size,
+      split_digits=True,
+      byte_fallback=True,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      allow_whitespace_only_pieces=True,
+      split_by_whitespace=True,
+      character_coverage=character_coverage,
+      max_sentence_length=max_sentence_length,
+      input_sentence_size=input_sentence_size,
+      shuffle_input_sentence=True,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+      bos_piece=BOS_PIECE, eos_piece=EOS_PIECE,
+      num_threads=num_threads,
+      minloglevel=2,
+  )
+  path = os.path.join(out_dir, MODEL_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(model.getvalue())
+  os.replace(tmp, path)
+  tokenizer = Tokenizer(path)
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(tokenizer.meta(), f, indent=2)
+  return tokenizer

@@ -1,0 +1,93 @@
+"""yijax models: pure functions over parameter pytrees.
+
+  params = init_params(config, rng)                 # or sharded, with a mesh
+  logits = apply(config, params, tokens, positions, segment_ids)
+  cache  = init_cache(config, batch, max_len)
+  logits, cache = apply(config, params, tokens, positions, cache=cache)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yijax import sharding
+from yijax.models.config import ConfigError, ModelConfig
+from yijax.models.transformer import Transformer, head_kernel
+
+__all__ = [
+    "ConfigError", "ModelConfig", "Transformer", "abstract_params", "apply", "head_kernel",
+    "init_cache", "init_params", "param_count", "param_shardings",
+]
+
+
+def _init_fn(config: ModelConfig):
+  model = Transformer(config.replace(attention_impl="xla"))
+  dummy = jnp.zeros((1, 1), jnp.int32)
+
+  def init(rng):
+    return model.init(rng, dummy)["params"]
+
+  return init
+
+
+def abstract_params(config: ModelConfig) -> Any:
+  """Boxed abstract parameters (shapes, dtypes, logical axis names); allocates nothing."""
+  return jax.eval_shape(_init_fn(config), jax.random.key(0))
+
+
+def param_shardings(config: ModelConfig, mesh, rules=None) -> Any:
+  return sharding.shardings_for(abstract_params(config), mesh, rules)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> Any:
+  """Initialized parameters; with a mesh, each created directly in its sharding."""
+  config.validate()
+  init = _init_fn(config)
+  unboxed = lambda rng: nn.unbox(init(rng))
+  if mesh is None:
+    return jax.jit(unboxed)(rng)
+  return jax.jit(unboxed, out_shardings=param_shardings(config, mesh, rules))(rng)
+
+
+def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None, cache=None,
+          return_hidden: bool = False):
+  return Transformer(config).apply(
+      {"params": params}, tokens, positions, segment_ids, cache, return_hidden
+  )
+
+
+def head_logits(config: ModelConfig, params: Any, hidden):
+  """Float32 logits from final hidden states (`apply(..., return_hidden=True)`)."""
+  return Transformer(config).apply({"params": params}, hidden, method=Transformer.logits)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """An empty KV cache: {"k", "v"} of [layers, batch, max_len, kv_heads, head_dim]."""
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+  dtype = jnp.dtype(dtype or config.dtype)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def param_count(config: ModelConfig) -> dict[str, Any]:
+  """Parameter counts from abstract shapes: total, embedding, per layer, bytes by dtype."""
+  shapes = nn.unbox(abstract_params(config))
+  sizes = {"/".join(str(getattr(k, "key", k)) for k in path): math.prod(leaf.shape)
+           for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  total = sum(sizes.values())
+  embedding = sizes.get("embed/embedding", 0) + sizes.get("lm_head/kernel", 0)
+  layer_total = sum(v for k, v in sizes.items() if k.startswith("layers/"))
+  return {
+      "total": total,
+      "embedding": embedding,
+      "non_embedding": total - embedding,
+      "per_layer": layer_total // config.num_layers,
+      "layers": config.num_layers,
+      "bytes": {d: total * jnp.dtype(d).itemsize for d in ("float32", "bfloat16")},
+      "tensors": sizes,
+  }

@@ -1,0 +1,179 @@
+"""Grouped-query attention with a choice of kernel and a functional KV cache.
+
+Kernels (`attention_impl`):
+  xla     einsum reference; any backend, any mask
+  cudnn   cuDNN flash attention through `jax.nn.dot_product_attention` (NVIDIA)
+  splash  Pallas splash attention (TPU; interpret mode elsewhere, for tests)
+  auto    cudnn on GPU, splash on TPU, xla otherwise
+
+The KV cache of one layer is `{"k": [batch, max_len, kv_heads, head_dim],
+"v": same}`. A token at position p is written to slot p and attends to slots
+0..p, so prompts of different lengths (right-padded) share one cache.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from yijax import sharding
+from yijax.models import rope
+from yijax.models.config import ModelConfig
+from yijax.models.layers import Linear
+
+NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def resolve_impl(impl: str) -> str:
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(backend, "xla")
+
+
+def causal_segment_mask(q_index, kv_index, q_segments=None, kv_segments=None):
+  """[batch, q_len, kv_len] bool: kv_index <= q_index within the same segment."""
+  mask = kv_index[:, None, :] <= q_index[:, :, None]
+  if q_segments is not None:
+    mask &= q_segments[:, :, None] == kv_segments[:, None, :]
+  return mask
+
+
+def xla_attention(q, k, v, mask, scale):
+  """q [b, s, heads, d]; k, v [b, t, kv_heads, d]; mask [b, s, t] -> [b, s, heads, d]."""
+  b, s, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, s, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+  return out.reshape(b, s, h, d)
+
+
+def cudnn_attention(q, k, v, segment_ids, scale):
+  """cuDNN flash attention (bf16/fp16 on NVIDIA GPUs); packed segments as a mask."""
+  mask = None
+  if segment_ids is not None:
+    mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [b, 1, s, s]
+  out = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, scale=scale, is_causal=True, implementation="cudnn"
+  )
+  return out.astype(q.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+  block = min(512, seq_len)
+  sizes = sk.BlockSizes(
+      block_q=block, block_kv=block, block_kv_compute=block,
+      block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+      block_q_dq=block, block_kv_dq=block,
+  )
+  mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+  return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q, k, v, segment_ids, scale):
+  """Pallas splash attention, vmapped over batch (and shard_mapped on a mesh)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+  b, s, h, d = q.shape
+  if s % 128:
+    raise ValueError(f"splash attention needs a sequence length divisible by 128, got {s}")
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, s), jnp.int32)
+  interpret = jax.default_backend() != "tpu"
+
+  def per_shard(q, k, v, seg):  # q [b, local heads, s, d]
+    kernel = _splash_kernel(q.shape[1], q.shape[2], interpret)
+    run = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(q=s1, kv=s1))
+    return jax.vmap(run)(q, k, v, seg)
+
+  # splash wants [batch, heads, length, head_dim] and an unscaled product
+  qt = jnp.swapaxes(q * scale, 1, 2)
+  kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  mesh = sharding.active_mesh()
+  if mesh is None:
+    out = per_shard(qt, kt, vt, segment_ids)
+  else:
+    from jax.sharding import PartitionSpec as P
+
+    batch_axes = sharding.logical_to_spec(("batch",))[0]
+    head_axes = sharding.logical_to_spec(("heads",))[0]
+    kv_head_axes = sharding.logical_to_spec(("kv_heads",))[0]
+    out = _shard_map(
+        per_shard, mesh,
+        in_specs=(P(batch_axes, head_axes), P(batch_axes, kv_head_axes), P(batch_axes, kv_head_axes), P(batch_axes)),
+        out_specs=P(batch_axes, head_axes),
+    )(qt, kt, vt, segment_ids)
+  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def _shard_map(fn, mesh, in_specs, out_specs):
+  try:
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  except (AttributeError, TypeError):
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def update_cache(cache, k, v, positions):
+  """Writes k, v [b, s, kv_heads, d] at slots `positions` [b, s] of the cache."""
+  batch_index = jnp.arange(k.shape[0])[:, None]
+  new_k = cache["k"].at[batch_index, positions].set(k.astype(cache["k"].dtype), mode="drop")
+  new_v = cache["v"].at[batch_index, positions].set(v.astype(cache["v"].dtype), mode="drop")
+  return {"k": new_k, "v": new_v}
+
+
+class Attention(nn.Module):
+  """GQA self-attention: q/k/v projections, RoPE, kernel, output projection."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids=None, cache=None):
+    cfg = self.config
+    head_dim = cfg.resolved_head_dim
+    kw = dict(init_std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    q = Linear((cfg.num_heads, head_dim), ("embed", "heads", "head_dim"), name="q_proj", **kw)(x)
+    k = Linear((cfg.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="k_proj", **kw)(x)
+    v = Linear((cfg.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="v_proj", **kw)(x)
+
+    inv_freq, rope_scale = rope.inv_freq_for(
+        positions, head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_scaling, cfg.max_seq_len
+    )
+    q = rope.apply_rope(q, positions, inv_freq, rope_scale)
+    k = rope.apply_rope(k, positions, inv_freq, rope_scale)
+    q = sharding.constrain(checkpoint_name(q, "query_proj"), ("batch", "length", "heads", "head_dim"))
+    k = sharding.constrain(checkpoint_name(k, "key_proj"), ("batch", "length", "kv_heads", "head_dim"))
+    v = sharding.constrain(checkpoint_name(v, "value_proj"), ("batch", "length", "kv_heads", "head_dim"))
+    scale = head_dim ** -0.5
+
+    new_cache = None
+    if cache is not None:
+      new_cache = update_cache(cache, k, v, positions)
+      slots = jnp.broadcast_to(jnp.arange(new_cache["k"].shape[1]), (x.shape[0], new_cache["k"].shape[1]))
+      mask = causal_segment_mask(positions, slots)
+      out = xla_attention(q, new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype), mask, scale)
+    else:
+      impl = resolve_impl(cfg.attention_impl)
+      if impl == "cudnn":
+        out = cudnn_attention(q, k, v, segment_ids, scale)
+      elif impl == "splash":
+        out = splash_attention(q, k, v, segment_ids, scale)
+      else:
+        index = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        mask = causal_segment_mask(index, index, segment_ids, segment_ids)
+        out = xla_attention(q, k, v, mask, scale)
+    out = sharding.constrain(out, ("batch", "length", "heads", "head_dim"))
+    out = Linear((cfg.hidden_size,), ("heads", "head_dim", "embed"), contract_ndim=2, name="o_proj", **kw)(out)
+    return checkpoint_name(out, "attention_out"), new_cache

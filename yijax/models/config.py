@@ -1,0 +1,129 @@
+"""The model configuration: one frozen dataclass shared by every module.
+
+`configs/models/*.py` build an `ml_collections.ConfigDict` with these fields;
+`ModelConfig.from_dict` turns it into this typed, hashable value and
+`validate()` checks it before anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from typing import Any, Mapping
+
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot work; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a Yi/Llama-architecture decoder."""
+
+  vocab_size: int = 64000
+  hidden_size: int = 4096
+  num_layers: int = 32
+  num_heads: int = 32
+  num_kv_heads: int = 4
+  head_dim: int = 0  # 0 = hidden_size // num_heads
+  mlp_dim: int = 11008
+  rope_theta: float = 5_000_000.0
+  # RoPE scaling in Hugging Face terms: rope_type is one of ROPE_TYPES, and
+  # rope_scaling_params holds its (key, value) pairs, e.g. (("factor", 4.0),).
+  rope_type: str = "default"
+  rope_scaling_params: tuple = ()
+  max_seq_len: int = 4096
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  init_std: float = 0.02
+  dtype: str = "float32"  # activations / compute
+  param_dtype: str = "float32"
+  attention_impl: str = "auto"
+  remat_policy: str = "none"
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def rope_scaling(self) -> dict[str, Any]:
+    return dict(self.rope_scaling_params)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """Builds a config from a mapping (ConfigDict, dict); unknown keys are errors."""
+    if hasattr(values, "to_dict"):
+      values = values.to_dict()
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+      hints = {k: difflib.get_close_matches(k, names, n=3) for k in unknown}
+      raise ConfigError(
+          "unknown model config field(s): "
+          + ", ".join(f"model.{k} (closest: {', '.join(h) or 'none'})" for k, h in hints.items())
+      )
+    kwargs = dict(values)
+    scaling = kwargs.get("rope_scaling_params")
+    if isinstance(scaling, Mapping):
+      kwargs["rope_scaling_params"] = tuple(sorted(scaling.items()))
+    elif scaling is not None:
+      kwargs["rope_scaling_params"] = tuple(tuple(p) for p in scaling)
+    return cls(**kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["rope_scaling_params"] = dict(self.rope_scaling_params)
+    return out
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "ModelConfig":
+    return cls.from_dict(json.loads(text))
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def validate(self) -> "ModelConfig":
+    """Raises ConfigError naming the field and the fix; returns self."""
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+    if self.num_heads % self.num_kv_heads:
+      raise ConfigError(
+          f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads="
+          f"{self.num_kv_heads}: grouped-query attention needs num_kv_heads to divide "
+          f"num_heads (e.g. num_kv_heads in {_divisors(self.num_heads)})"
+      )
+    if not self.head_dim and self.hidden_size % self.num_heads:
+      raise ConfigError(
+          f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads="
+          f"{self.num_heads}: choose num_heads in {_divisors(self.hidden_size)[:12]} "
+          "or set model.head_dim explicitly"
+      )
+    if self.resolved_head_dim % 2:
+      raise ConfigError(f"head dim {self.resolved_head_dim} must be even for rotary embeddings")
+    for name, allowed in (
+        ("attention_impl", ATTENTION_IMPLS),
+        ("remat_policy", REMAT_POLICIES),
+        ("rope_type", ROPE_TYPES),
+        ("dtype", DTYPES),
+        ("param_dtype", DTYPES),
+    ):
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+    if self.rope_theta <= 0:
+      raise ConfigError(f"model.rope_theta must be positive, got {self.rope_theta}")
+    return self
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]

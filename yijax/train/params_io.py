@@ -1,0 +1,113 @@
+"""Model directories: a parameter pytree (orbax) beside its model config.
+
+  DIR/model_config.json   ModelConfig as JSON
+  DIR/params/             orbax checkpoint of the parameter pytree
+  DIR/tokenizer.model     optional sentencepiece model that goes with it
+
+`yijax convert` writes this layout, and every training checkpoint step holds
+the same two entries, so `load_model` reads either (or a run directory, whose
+latest complete checkpoint it picks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from yijax.models.config import ModelConfig
+
+MODEL_CONFIG = "model_config.json"
+PARAMS = "params"
+TOKENIZER = "tokenizer.model"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or does not match; the message says which and why."""
+
+
+def save_model(directory: str, params: Any, config: ModelConfig) -> None:
+  """Writes params and config to `directory` (which must not hold params yet)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, PARAMS), params)
+  checkpointer.wait_until_finished()
+  with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
+    f.write(config.to_json())
+
+
+def resolve_model_dir(path: str) -> str:
+  """The directory holding model_config.json + params/ for a model dir, a
+  checkpoint step dir or a run dir (its latest complete checkpoint)."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, MODEL_CONFIG)) and os.path.isdir(os.path.join(path, PARAMS)):
+    return path
+  checkpoints = os.path.join(path, "checkpoints")
+  if os.path.isdir(checkpoints):
+    from yijax.train import checkpoint as run_checkpoint
+
+    step_dir = run_checkpoint.latest_model_dir(checkpoints)
+    if step_dir is not None:
+      return step_dir
+  raise CheckpointError(
+      f"{path} is not a yijax model: expected {MODEL_CONFIG} and {PARAMS}/ in it, or a run "
+      "directory with a complete checkpoint under checkpoints/ (convert a Hugging Face model "
+      "with `yijax convert hf-to-yijax --hf_dir=... --out=...`)"
+  )
+
+
+def read_model_config(path: str) -> ModelConfig:
+  with open(os.path.join(resolve_model_dir(path), MODEL_CONFIG)) as f:
+    return ModelConfig.from_json(f.read())
+
+
+def load_model(path: str, dtype: str | None = None, shardings: Any = None,
+               as_numpy: bool = False) -> tuple[ModelConfig, Any]:
+  """(config, params) from a model directory.
+
+  dtype: cast every parameter (default: the config's param_dtype).
+  shardings: a pytree of jax.sharding.Sharding to restore onto (default:
+  one device). as_numpy: host numpy arrays in their stored dtype (for export).
+  """
+  model_dir = resolve_model_dir(path)
+  config = read_model_config(model_dir)
+  params_dir = os.path.join(model_dir, PARAMS)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = _tree_metadata(checkpointer, params_dir)
+  if as_numpy:
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    return config, checkpointer.restore(params_dir, restore_args=restore_args)
+  target_dtype = jnp.dtype(dtype or config.param_dtype)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, metadata)
+  target = jax.tree.map(
+      lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), target_dtype, sharding=s), metadata, shardings
+  )
+  return config, ocp.StandardCheckpointer().restore(params_dir, target)
+
+
+def _tree_metadata(checkpointer, params_dir: str) -> Any:
+  meta = checkpointer.metadata(params_dir)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  return jax.tree.map(lambda m: m, tree, is_leaf=lambda m: hasattr(m, "shape"))
+
+
+def params_shapes(path: str) -> dict[str, tuple]:
+  """{"layers/attention/q_proj/kernel": shape, ...} of a model directory."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = _tree_metadata(checkpointer, os.path.join(resolve_model_dir(path), PARAMS))
+  flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda m: hasattr(m, "shape"))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(m.shape) for p, m in flat}
+
+
+def write_json(path: str, obj: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)

@@ -94,3 +94,15 @@ def test_cudnn_matches_xla_on_gpu():
 def test_auto_picks_by_backend():
   assert attention.resolve_impl("auto") == {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "xla")
   assert attention.resolve_impl("xla") == "xla"
+
+
+def test_splash_inside_the_scanned_model_matches_xla():
+  from yijax import models
+  from yijax.models import presets
+
+  config = presets.get("tiny").replace(num_layers=2, attention_impl="splash")
+  params = models.init_params(config, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 4000, (2, 128)), jnp.int32)
+  segments = jnp.asarray(np.repeat([[1] * 50 + [2] * 78], 2, 0), jnp.int32)
+  run = lambda cfg: jax.jit(lambda p: models.apply(cfg, p, tokens, segment_ids=segments))(params)
+  np.testing.assert_allclose(run(config), run(config.replace(attention_impl="xla")), rtol=1e-4, atol=1e-4)

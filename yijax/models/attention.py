@@ -13,8 +13,6 @@ The KV cache of one layer is `{"k": [batch, max_len, kv_heads, head_dim],
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,7 +64,6 @@ def cudnn_attention(q, k, v, segment_ids, scale):
   return out.astype(q.dtype)
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm

@@ -53,3 +53,13 @@ def make_hf_llama(directory, seed=0, **overrides):
 @pytest.fixture
 def hf_llama():
   return make_hf_llama
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory):
+  """The embedded corpus with a 4096-piece tokenizer, prepared once per test session."""
+  from yijax.data import prepare
+
+  out = tmp_path_factory.mktemp("embedded")
+  prepare.prepare_embedded(str(out), 4096, sample_mb=1.0, progress=False)
+  return str(out)

@@ -30,6 +30,9 @@ COMMANDS: dict[str, Command] = {
     "model-info": Command("parameter counts and bytes of a model config (allocates nothing)", "model_info"),
     "convert": Command("hf-to-yijax | yijax-to-hf: Hugging Face safetensors <-> yijax model dirs", "convert"),
     "generate": Command("sample from a model dir or run dir (KV-cache decoding)", "generate"),
+    "train": Command("train or resume a run: --config=FILE --workdir=DIR [--config.x=v]", "train"),
+    "prepare": Command("raw text / JSONL / TFDS -> token-id ArrayRecord shards (parallel, resumable)", "prepare"),
+    "tokenizer": Command("train: a sentencepiece tokenizer with Yi's settings (files / embedded corpus)", "tokenizer"),
     "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
 }
 

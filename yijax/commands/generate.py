@@ -5,7 +5,6 @@ from __future__ import annotations
 from absl import flags
 
 import json
-import os
 import sys
 
 from yijax.cli import UsageError
@@ -43,14 +42,14 @@ def run(fv, args):
     raise UsageError("--ckpt is required")
   if bool(fv.prompt) == bool(fv.prompt_ids):
     raise UsageError("give either --prompt (with a tokenizer) or --prompt_ids")
-  model_dir = params_io.resolve_model_dir(fv.ckpt)
+  location = params_io.locate_model(fv.ckpt)
   tokenizer = None
-  tok_path = fv.tokenizer or (model_dir if os.path.exists(os.path.join(model_dir, "tokenizer.model")) else None)
+  tok_path = fv.tokenizer or location.tokenizer
   if tok_path:
     tokenizer = Tokenizer(resolve_model_path(tok_path))
   if fv.prompt and tokenizer is None:
     raise UsageError("--prompt needs --tokenizer (no tokenizer.model in --ckpt)")
-  config, params = params_io.load_model(model_dir)
+  config, params = params_io.load_model(fv.ckpt)
   if fv.dtype:
     config = config.replace(dtype=fv.dtype)
   if tokenizer is not None:

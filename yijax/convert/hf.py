@@ -350,8 +350,9 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
   """Writes `config.json` and (sharded) safetensors for a yijax model directory."""
   from safetensors.numpy import save_file
 
-  model_dir = params_io.resolve_model_dir(ckpt)
-  config, params = params_io.load_model(model_dir, as_numpy=True)
+  location = params_io.locate_model(ckpt)
+  model_dir = os.path.dirname(location.params_dir)
+  config, params = params_io.load_model(ckpt, as_numpy=True)
   out_dtype = dtype or str(np.asarray(params["embed"]["embedding"]).dtype)
   with _Staging(out, overwrite) as staging:
     weight_map: dict[str, str] = {}
@@ -395,4 +396,6 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
     for name in TOKENIZER_FILES:
       if os.path.exists(os.path.join(model_dir, name)):
         shutil.copy(os.path.join(model_dir, name), os.path.join(staging, name))
+    if location.tokenizer and not os.path.exists(os.path.join(staging, "tokenizer.model")):
+      shutil.copy(location.tokenizer, os.path.join(staging, "tokenizer.model"))
   return out

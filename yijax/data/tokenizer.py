@@ -15,8 +15,6 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from yijax.models.config import ConfigError
-
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
 BOS_PIECE, EOS_PIECE = "<|startoftext|>", "<|endoftext|>"
@@ -78,12 +76,31 @@ class Tokenizer:
   def piece(self, token_id: int) -> str:
     return self.processor.IdToPiece(int(token_id))
 
+  def byte_lengths(self):
+    """UTF-8 bytes each token id stands for (numpy int32 [vocab]), for bits per byte:
+    byte-fallback pieces are one byte, control/unknown/unused pieces none; with
+    Yi's settings the bytes of a text's tokens add up to the bytes of the text."""
+    import numpy as np
+
+    lengths = np.zeros(self.vocab_size, np.int32)
+    p = self.processor
+    for i in range(self.vocab_size):
+      if p.IsControl(i) or p.IsUnknown(i) or p.IsUnused(i):
+        continue
+      if p.IsByte(i):
+        lengths[i] = 1
+        continue
+      lengths[i] = len(p.IdToPiece(i).replace("\u2581", " ").encode("utf-8"))
+    return lengths
+
   def meta(self) -> dict:
     return {"vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
             "pad_id": self.pad_id, "unk_id": self.unk_id, "sha256": self.checksum}
 
   def check_fits(self, model_vocab_size: int, field: str = "model.vocab_size") -> None:
     """A tokenizer larger than the model's embedding cannot work: say both sizes."""
+    from yijax.models.config import ConfigError  # lazily: prepare's worker processes need no jax
+
     if self.vocab_size > model_vocab_size:
       raise ConfigError(
           f"tokenizer {self.path} has {self.vocab_size} pieces but {field}={model_vocab_size}; "

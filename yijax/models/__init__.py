@@ -56,10 +56,26 @@ def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> A
 
 
 def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None, cache=None,
-          return_hidden: bool = False):
-  return Transformer(config).apply(
-      {"params": params}, tokens, positions, segment_ids, cache, return_hidden
-  )
+          return_hidden: bool = False, return_aux: bool = False):
+  """Runs the model. With return_aux, also returns {name: scalar} of the auxiliary
+  losses the layers `sow` into the "aux" collection (summed over layers),
+  already scaled by their coefficients: the train loss adds them as they are."""
+  model = Transformer(config)
+  args = (tokens, positions, segment_ids, cache, return_hidden)
+  if not return_aux:
+    return model.apply({"params": params}, *args)
+  out, variables = model.apply({"params": params}, *args, mutable=["aux"])
+  return out, collect_aux(variables.get("aux", {}))
+
+
+def collect_aux(tree) -> dict[str, jax.Array]:
+  """Sums every sown value under the same name (over layers and calls)."""
+  totals: dict[str, jax.Array] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", "")) for k in path if hasattr(k, "key")]
+    name = keys[-1] if keys else "aux"
+    totals[name] = totals.get(name, 0.0) + jnp.sum(leaf.astype(jnp.float32))
+  return totals
 
 
 def head_logits(config: ModelConfig, params: Any, hidden):

@@ -89,7 +89,7 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
     self.layers = nn.scan(
         block,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "aux": 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, 0),
         length=cfg.num_layers,

@@ -11,6 +11,7 @@ latest complete checkpoint it picks).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -42,28 +43,47 @@ def save_model(directory: str, params: Any, config: ModelConfig) -> None:
     f.write(config.to_json())
 
 
-def resolve_model_dir(path: str) -> str:
-  """The directory holding model_config.json + params/ for a model dir, a
-  checkpoint step dir or a run dir (its latest complete checkpoint)."""
+@dataclasses.dataclass(frozen=True)
+class ModelLocation:
+  """Where a model's pieces are: its params checkpoint, its config, its tokenizer."""
+
+  params_dir: str
+  config_file: str
+  tokenizer: str | None = None
+
+
+def locate_model(path: str) -> ModelLocation:
+  """A model dir, a training checkpoint step dir, or a run dir (its latest
+  complete checkpoint; a half-written one is never taken)."""
   path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, MODEL_CONFIG)) and os.path.isdir(os.path.join(path, PARAMS)):
-    return path
+  params_dir = os.path.join(path, PARAMS)
+  tokenizer = os.path.join(path, TOKENIZER)
+  for config_file in (os.path.join(path, MODEL_CONFIG), os.path.join(path, "model_config", MODEL_CONFIG)):
+    if os.path.exists(config_file) and os.path.isdir(params_dir):
+      run_tokenizer = os.path.join(os.path.dirname(os.path.dirname(path)), TOKENIZER)
+      found = tokenizer if os.path.exists(tokenizer) else run_tokenizer if os.path.exists(run_tokenizer) else None
+      return ModelLocation(params_dir, config_file, found)
   checkpoints = os.path.join(path, "checkpoints")
   if os.path.isdir(checkpoints):
     from yijax.train import checkpoint as run_checkpoint
 
-    step_dir = run_checkpoint.latest_model_dir(checkpoints)
-    if step_dir is not None:
-      return step_dir
+    step = run_checkpoint.latest_complete_step(checkpoints)
+    if step is not None:
+      return locate_model(os.path.join(checkpoints, str(step)))
   raise CheckpointError(
-      f"{path} is not a yijax model: expected {MODEL_CONFIG} and {PARAMS}/ in it, or a run "
-      "directory with a complete checkpoint under checkpoints/ (convert a Hugging Face model "
-      "with `yijax convert hf-to-yijax --hf_dir=... --out=...`)"
+      f"{path} is not a yijax model: expected {MODEL_CONFIG} and {PARAMS}/ in it, a checkpoint step "
+      "directory, or a run directory with a complete checkpoint under checkpoints/ (convert a Hugging "
+      "Face model with `yijax convert hf-to-yijax --hf_dir=... --out=...`)"
   )
 
 
+def resolve_model_dir(path: str) -> str:
+  """The directory that holds the model's params/ (see locate_model)."""
+  return os.path.dirname(locate_model(path).params_dir)
+
+
 def read_model_config(path: str) -> ModelConfig:
-  with open(os.path.join(resolve_model_dir(path), MODEL_CONFIG)) as f:
+  with open(locate_model(path).config_file) as f:
     return ModelConfig.from_json(f.read())
 
 
@@ -75,9 +95,9 @@ def load_model(path: str, dtype: str | None = None, shardings: Any = None,
   shardings: a pytree of jax.sharding.Sharding to restore onto (default:
   one device). as_numpy: host numpy arrays in their stored dtype (for export).
   """
-  model_dir = resolve_model_dir(path)
-  config = read_model_config(model_dir)
-  params_dir = os.path.join(model_dir, PARAMS)
+  location = locate_model(path)
+  config = read_model_config(path)
+  params_dir = location.params_dir
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = _tree_metadata(checkpointer, params_dir)
   if as_numpy:
@@ -103,7 +123,7 @@ def _tree_metadata(checkpointer, params_dir: str) -> Any:
 def params_shapes(path: str) -> dict[str, tuple]:
   """{"layers/attention/q_proj/kernel": shape, ...} of a model directory."""
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = _tree_metadata(checkpointer, os.path.join(resolve_model_dir(path), PARAMS))
+  metadata = _tree_metadata(checkpointer, locate_model(path).params_dir)
   flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda m: hasattr(m, "shape"))[0]
   return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(m.shape) for p, m in flat}
 

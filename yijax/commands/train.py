@@ -1,0 +1,43 @@
+"""yijax train --config=configs/pretrain/tiny.py --workdir=DIR [--config.a.b=v ...]"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import flags
+
+from yijax.cli import UsageError
+from yijax.commands import check_config_overrides, define_config
+
+
+def define_flags(fv, argv):
+  define_config(fv, argv)
+  flags.DEFINE_string("workdir", None, "run directory (rerun the same command to resume)", flag_values=fv)
+
+
+check_argv = check_config_overrides
+
+
+def run(fv, args):
+  from yijax.train import loop
+
+  if fv.config is None or not fv.workdir:
+    raise UsageError("--config and --workdir are required, e.g. "
+                     "yijax train --config=configs/pretrain/tiny.py --workdir=runs/tiny")
+  print(fv.config, flush=True)
+  result = loop.train(fv.config, fv.workdir, evaluators=_extra_evaluators(fv.config))
+  print(f"run dir: {fv.workdir}   (TensorBoard: tensorboard --logdir {fv.workdir}/tensorboard)")
+  if result.get("preempted"):
+    return 0
+  shown = {k: v for k, v in result.items() if k in ("step", "loss", "tokens_seen") or k.startswith("eval/")}
+  print("final: " + "  ".join(f"{k}={float(v):.4f}" if isinstance(v, (float, np.floating)) else f"{k}={v}"
+                              for k, v in shown.items()))
+  return 0
+
+
+def _extra_evaluators(config):
+  """Multiple-choice tasks scored at every evaluation (eval.multiple_choice)."""
+  if not config.eval.multiple_choice:
+    return []
+  from yijax.eval import multiple_choice
+
+  return [multiple_choice.training_evaluator(config, list(config.eval.multiple_choice))]

@@ -1,0 +1,410 @@
+"""`yijax prepare`: raw text, JSONL or TFDS splits -> token-id ArrayRecord shards + manifest.
+
+Each source is planned into work units (groups of whole text files, line-aligned
+byte ranges of JSONL files, index ranges of a TFDS split); every unit is
+tokenized by one worker process into its own shard, written under a
+temporary name, renamed when complete and followed by a `.done.json` marker
+holding the unit's counts. Rerunning the same command skips units with a
+marker, so an interrupted job finishes without redoing work, and a killed
+run never leaves a shard that counts as finished. Bad input (empty
+documents, invalid UTF-8, broken JSON lines, unreadable files) is counted and
+reported in `OUT/manifest.json`, never a crash midway. Layout:
+
+  OUT/manifest.json
+  OUT/<split>/<source>/plan.json
+  OUT/<split>/<source>/shard-00000-of-00004.array_record (+ .lengths.npy, .done.json)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+import re
+import time
+from typing import Iterable, Sequence
+
+from yijax.data import corpus, records
+
+MANIFEST = "manifest.json"
+FORMAT = "yijax-prepared/1"
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+_TFDS_RE = re.compile(r"^tfds:(?P<name>[^:]+(?::\d+\.\d+\.\d+)?):(?P<split>.+)$")
+_ENCODE_BATCH_BYTES = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """One named source of one split: files / globs / directories, or one `tfds:NAME:SPLIT`."""
+  name: str
+  split: str
+  inputs: tuple[str, ...]
+  text_field: str = "text"
+  file_format: str = "auto"  # auto (by suffix: .jsonl/.ndjson/.json = JSONL) | text | jsonl
+  tfds_data_dir: str | None = None
+
+  @property
+  def tfds(self) -> re.Match | None:
+    return _TFDS_RE.match(self.inputs[0]) if len(self.inputs) == 1 else None
+
+
+def parse_source(value: str, split: str = "train", text_field: str = "text", file_format: str = "auto",
+                 tfds_data_dir: str | None = None) -> SourceSpec:
+  """`NAME=PATH_OR_GLOB[,PATH...]` or `NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT` -> SourceSpec."""
+  name, sep, target = value.partition("=")
+  if not sep or not name or not target:
+    raise ValueError(f"--source={value!r}: expected NAME=PATH_OR_GLOB or NAME=tfds:DATASET:SPLIT")
+  if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    raise ValueError(f"--source name {name!r} must use only letters, digits, '_', '.', '-'")
+  if file_format not in ("auto", "text", "jsonl"):
+    raise ValueError(f"--format={file_format!r}: choose auto, text or jsonl")
+  if target.startswith("tfds:") and not _TFDS_RE.match(target):
+    raise ValueError(f"--source={value!r}: the tfds form is NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT")
+  inputs = (target,) if target.startswith("tfds:") else tuple(t for t in target.split(",") if t)
+  return SourceSpec(name, split, inputs, text_field, file_format, tfds_data_dir)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _resolve_files(spec: SourceSpec) -> list[str]:
+  files = []
+  for pattern in spec.inputs:
+    if glob.has_magic(pattern):
+      matched = sorted(glob.glob(pattern, recursive=True))
+      if not matched:
+        raise ValueError(f"--source={spec.name}={pattern}: the pattern matched no files")
+      files += matched
+    elif os.path.isdir(pattern):
+      files += sorted(os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs)
+    elif os.path.lexists(pattern):
+      files.append(pattern)
+    else:
+      raise ValueError(f"--source={spec.name}={pattern}: no such file or directory")
+  return files
+
+
+def _is_jsonl(path: str, file_format: str) -> bool:
+  return file_format == "jsonl" or (file_format == "auto" and path.endswith(JSONL_SUFFIXES))
+
+
+def _size(path: str) -> int:
+  try:
+    return os.stat(path).st_size
+  except OSError:
+    return 0  # the unit that reads it reports the error
+
+
+def _plan_files(spec: SourceSpec, shard_bytes: int | None, num_workers: int) -> list[dict]:
+  files = _resolve_files(spec)
+  sizes = [_size(p) for p in files]
+  if shard_bytes is None:  # about 4 units per worker, within [1 MiB, 256 MiB]
+    shard_bytes = min(max(sum(sizes) // (4 * max(num_workers, 1)), 1 << 20), 256 << 20)
+  pieces = []  # [path, kind, start, end, size]
+  for path, size in zip(files, sizes):
+    if _is_jsonl(path, spec.file_format) and size > shard_bytes:
+      for start in range(0, size, shard_bytes):
+        pieces.append([path, "jsonl", start, min(start + shard_bytes, size), min(shard_bytes, size - start)])
+    else:
+      pieces.append([path, "jsonl" if _is_jsonl(path, spec.file_format) else "text", 0, size, size])
+  units, current, current_bytes = [], [], 0
+  for piece in pieces:
+    if current and current_bytes + piece[4] > shard_bytes:
+      units.append(current)
+      current, current_bytes = [], 0
+    current.append(piece[:4])
+    current_bytes += piece[4]
+  if current or not units:
+    units.append(current)
+  return [{"pieces": u} for u in units]
+
+
+def _plan_tfds(spec: SourceSpec, docs_per_shard: int) -> list[dict]:
+  match = spec.tfds
+  count = len(corpus.tfds_source(match["name"], match["split"], spec.tfds_data_dir))
+  ranges = [(s, min(s + docs_per_shard, count)) for s in range(0, count, docs_per_shard)] or [(0, 0)]
+  source = {"name": match["name"], "split": match["split"], "data_dir": spec.tfds_data_dir}
+  return [{"tfds": source, "start": s, "end": e} for s, e in ranges]
+
+
+def plan_source(spec: SourceSpec, shard_bytes: int | None = None, num_workers: int = 1,
+                tfds_docs_per_shard: int = 100_000) -> list[dict]:
+  """The work units of a source, each with its shard's relative path."""
+  units = _plan_tfds(spec, tfds_docs_per_shard) if spec.tfds else _plan_files(spec, shard_bytes, num_workers)
+  for index, unit in enumerate(units):
+    unit.update(split=spec.split, source=spec.name, text_field=spec.text_field,
+                shard=f"{spec.split}/{spec.name}/shard-{index:05d}-of-{len(units):05d}{records.SHARD_SUFFIX}")
+  return units
+
+
+# ---------------------------------------------------------------- one unit (runs in a worker)
+
+
+_TOKENIZERS: dict = {}
+
+
+def _processor(path: str):
+  if path not in _TOKENIZERS:
+    from yijax.data.tokenizer import Tokenizer
+
+    _TOKENIZERS[path] = Tokenizer(path).processor
+  return _TOKENIZERS[path]
+
+
+def done_path(shard_path: str) -> str:
+  return shard_path[:-len(records.SHARD_SUFFIX)] + ".done.json"
+
+
+def run_unit(unit: dict, out_dir: str, tokenizer_path: str, encode_threads: int = 1) -> dict:
+  """Tokenizes one unit into its shard; writes the done marker last; returns the counts."""
+  processor = _processor(tokenizer_path)
+  counts = corpus.DocumentCounts()
+  shard = os.path.join(out_dir, unit["shard"])
+  writer = records.ShardWriter(shard)
+  documents = (corpus.tfds_documents(unit["tfds"], unit["start"], unit["end"], unit["text_field"], counts)
+               if "tfds" in unit else corpus.file_documents(unit["pieces"], unit["text_field"], counts))
+
+  def flush(texts):
+    for ids in processor.Encode(texts, num_threads=encode_threads):
+      if not ids:
+        counts["empty_documents"] += 1
+        continue
+      writer.write(ids)
+      counts["documents"] += 1
+      counts["tokens"] += len(ids)
+      counts["max_document_tokens"] = max(counts["max_document_tokens"], len(ids))
+
+  try:
+    batch, batch_bytes = [], 0
+    for text in documents:
+      batch.append(text)
+      batch_bytes += len(text)
+      counts["bytes"] += len(text.encode("utf-8"))
+      if batch_bytes >= _ENCODE_BATCH_BYTES:
+        flush(batch)
+        batch, batch_bytes = [], 0
+    if batch:
+      flush(batch)
+  except BaseException:
+    writer.abort()
+    raise
+  writer.commit()
+  marker = done_path(shard)
+  with open(marker + ".tmp", "w") as f:
+    json.dump(dict(counts, shard=unit["shard"]), f)
+  os.replace(marker + ".tmp", marker)
+  return dict(counts)
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _unit_done(out_dir: str, unit: dict) -> bool:
+  shard = os.path.join(out_dir, unit["shard"])
+  return all(os.path.exists(p) for p in (done_path(shard), shard, records.lengths_path(shard)))
+
+
+def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units) -> list[dict]:
+  """Reuses the stored plan for the same inputs (so reruns skip finished units), else makes one.
+
+  A different plan over existing finished shards is refused: mixing them would
+  silently combine two preparations.
+  """
+  directory = os.path.join(out_dir, spec.split, spec.name)
+  plan_path = os.path.join(directory, "plan.json")
+  files = None if spec.tfds else [(p, _size(p)) for p in _resolve_files(spec)]
+  key = {"inputs": list(spec.inputs), "files": files, "text_field": spec.text_field,
+         "format": spec.file_format, "tfds_data_dir": spec.tfds_data_dir, "tokenizer_sha256": tokenizer_sha}
+  key = json.loads(json.dumps(key))
+  if os.path.exists(plan_path):
+    stored = _read_json(plan_path)
+    if stored["key"] == key:
+      return stored["units"]
+    if any(f.endswith(".done.json") for f in os.listdir(directory)):
+      raise ValueError(f"{directory} holds shards prepared from other inputs, options or tokenizer; "
+                       "rerun with the original flags, or use a new --out (or delete that directory)")
+  units = make_units()
+  if os.path.isdir(directory):  # stale, unfinished files of an abandoned plan
+    for name in os.listdir(directory):
+      if name.startswith("shard-"):
+        os.remove(os.path.join(directory, name))
+  _write_json(plan_path, {"key": key, "units": units})
+  return units
+
+
+def _summarize(out_dir: str, spec: SourceSpec, units: list[dict], failures: dict) -> dict:
+  entry = {"inputs": list(spec.inputs), "text_field": spec.text_field, "units": len(units),
+           "finished_units": 0, "shards": [], "failed_units": []}
+  totals = corpus.DocumentCounts()
+  for unit in units:
+    if not _unit_done(out_dir, unit):
+      if unit["shard"] in failures:
+        entry["failed_units"].append({"shard": unit["shard"], "error": failures[unit["shard"]]})
+      continue
+    counts = _read_json(done_path(os.path.join(out_dir, unit["shard"])))
+    entry["finished_units"] += 1
+    entry["shards"].append({"path": unit["shard"], "documents": counts["documents"], "tokens": counts["tokens"]})
+    for name, value in counts.items():
+      if name == "max_document_tokens":
+        totals[name] = max(totals[name], value)
+      elif name in totals:
+        totals[name] = totals[name] + value
+  totals["bad_line_examples"] = totals["bad_line_examples"][:corpus.MAX_EXAMPLES]
+  entry.update(totals)
+  entry["complete"] = entry["finished_units"] == len(units)
+  return entry
+
+
+def _run_pending(pending: list[dict], out_dir: str, tokenizer_path: str, num_workers: int,
+                 progress: bool) -> dict[str, str]:
+  """Runs units (in worker processes when num_workers > 1); returns {shard: error} of failed ones."""
+  from tqdm import tqdm
+
+  failures = {}
+  bar = tqdm(total=len(pending), unit="shard", desc="prepare", disable=not progress or None)
+  try:
+    if num_workers <= 1 or len(pending) <= 1:
+      for unit in pending:
+        try:
+          run_unit(unit, out_dir, tokenizer_path, encode_threads=max(num_workers, 1))
+        except Exception as e:  # noqa: BLE001 -- reported in the manifest, the job goes on
+          failures[unit["shard"]] = f"{type(e).__name__}: {e}"
+        bar.update(1)
+      return failures
+    context = multiprocessing.get_context("spawn")  # no fork of a parent that may hold threads
+    with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(pending)), mp_context=context) as pool:
+      futures = {pool.submit(run_unit, u, out_dir, tokenizer_path, 1): u for u in pending}
+      try:
+        for future in concurrent.futures.as_completed(futures):
+          unit = futures[future]
+          try:
+            future.result()
+          except Exception as e:  # noqa: BLE001
+            failures[unit["shard"]] = f"{type(e).__name__}: {e}"
+          bar.update(1)
+      except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    return failures
+  finally:
+    bar.close()
+
+
+def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_workers: int | None = None,
+            shard_bytes: int | None = None, tfds_docs_per_shard: int = 100_000, progress: bool = True,
+            corpus_fingerprint: str | None = None) -> dict:
+  """Prepares every source (skipping finished units); writes and returns the manifest."""
+  from yijax.data.tokenizer import Tokenizer
+
+  if not specs:
+    raise ValueError("nothing to prepare: give at least one --source")
+  names = [(s.split, s.name) for s in specs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"a source is given twice for the same split: {sorted(names)}")
+  num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+  tokenizer = Tokenizer(tokenizer_path)
+  token_meta = dict(tokenizer.meta(), path=os.path.abspath(tokenizer.path))
+  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest = _read_json(manifest_path) if os.path.exists(manifest_path) else {
+      "format": FORMAT, "splits": {}, "corpus_fingerprint": None}
+  if manifest.get("tokenizer", token_meta).get("sha256") != tokenizer.checksum:
+    raise ValueError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "
+                     "use the same --tokenizer or a new --out")
+  manifest["tokenizer"] = token_meta
+  if corpus_fingerprint:
+    manifest["corpus_fingerprint"] = corpus_fingerprint
+  plans = {}
+  for spec in specs:
+    make = (lambda s=spec: plan_source(s, shard_bytes, num_workers, tfds_docs_per_shard))
+    plans[spec] = _settle_plan(out_dir, spec, tokenizer.checksum, make)
+    manifest["splits"].setdefault(spec.split, {})[spec.name] = {"complete": False, "units": len(plans[spec])}
+  manifest["complete"] = False
+  _write_json(manifest_path, manifest)  # a killed run leaves `complete: false` behind
+  pending = [u for units in plans.values() for u in units if not _unit_done(out_dir, u)]
+  started = time.time()
+  failures = _run_pending(pending, out_dir, tokenizer.path, num_workers, progress)
+  for spec, units in plans.items():
+    manifest["splits"][spec.split][spec.name] = _summarize(out_dir, spec, units, failures)
+  manifest["complete"] = all(e.get("complete") for split in manifest["splits"].values() for e in split.values())
+  manifest["last_run"] = {"units_run": len(pending), "units_skipped": sum(map(len, plans.values())) - len(pending),
+                          "seconds": round(time.time() - started, 2), "num_workers": num_workers}
+  _write_json(manifest_path, manifest)
+  return manifest
+
+
+def embedded_specs(out_dir: str, max_docs: int | None = None) -> tuple[list[SourceSpec], str]:
+  """Writes the embedded corpus as JSONL under OUT/embedded_text; its specs (both sources and splits)."""
+  paths = corpus.write_jsonl(os.path.join(out_dir, "embedded_text"), max_docs=max_docs)
+  specs = [SourceSpec(source, split, (path,), "text", "jsonl") for (source, split), path in paths.items()]
+  return specs, corpus.fingerprint()
+
+
+def prepare_embedded(out_dir: str, vocab_size: int, sample_mb: float = 4.0, num_workers: int | None = None,
+                     progress: bool = True) -> dict:
+  """OUT/tokenizer (trained on a sample of the embedded train split) + both splits prepared; rerunnable.
+
+  The zero-argument default data of a run: a second call reuses the
+  tokenizer and skips every finished unit.
+  """
+  from yijax.data.tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
+
+  tokenizer_dir = os.path.join(out_dir, "tokenizer")
+  if os.path.exists(os.path.join(tokenizer_dir, MODEL_FILE)):
+    tokenizer = Tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size != vocab_size:
+      raise ValueError(f"{tokenizer_dir} holds a {tokenizer.vocab_size}-piece tokenizer, not {vocab_size}; "
+                       "use another directory for another vocabulary size")
+  else:
+    os.makedirs(out_dir, exist_ok=True)
+    sample = os.path.join(out_dir, "tokenizer_sample.txt")
+    corpus.sample_text(sample, int(sample_mb * 2**20))
+    tokenizer = train_tokenizer([sample], vocab_size, tokenizer_dir)
+    os.remove(sample)
+  specs, fingerprint = embedded_specs(out_dir)
+  return prepare(specs, tokenizer.path, out_dir, num_workers=num_workers, progress=progress,
+                 corpus_fingerprint=fingerprint)
+
+
+def write_token_source(out_dir: str, split: str, name: str, documents: Iterable[Sequence[int]],
+                       tokenizer: dict, num_shards: int = 1) -> dict:
+  """Writes already-tokenized documents (a seeded synthetic generator, a test) as a prepared source.
+
+  `tokenizer` holds vocab_size, bos_id, eos_id and pad_id; an existing
+  manifest must agree on them. Returns the updated manifest.
+  """
+  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest = _read_json(manifest_path) if os.path.exists(manifest_path) else {
+      "format": FORMAT, "splits": {}, "corpus_fingerprint": None, "tokenizer": dict(tokenizer)}
+  keys = ("vocab_size", "bos_id", "eos_id", "pad_id")
+  if any(manifest["tokenizer"].get(k) != tokenizer.get(k) for k in keys):
+    raise ValueError(f"{out_dir} holds data of another tokenizer {manifest['tokenizer']}; got {tokenizer}")
+  documents = [d for d in documents if len(d)]
+  spec = SourceSpec(name, split, ("<token documents>",))
+  units = []
+  for index in range(num_shards):
+    shard = f"{split}/{name}/shard-{index:05d}-of-{num_shards:05d}{records.SHARD_SUFFIX}"
+    part = documents[index * len(documents) // num_shards:(index + 1) * len(documents) // num_shards]
+    lengths = records.write_shard(os.path.join(out_dir, shard), part)
+    counts = corpus.DocumentCounts()
+    counts.update(documents=len(part), tokens=int(lengths.sum()), max_document_tokens=int(lengths.max(initial=0)))
+    _write_json(done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
+    units.append({"shard": shard})
+  manifest["splits"].setdefault(split, {})[name] = _summarize(out_dir, spec, units, {})
+  manifest["complete"] = all(e.get("complete") for sp in manifest["splits"].values() for e in sp.values())
+  _write_json(manifest_path, manifest)
+  return manifest

@@ -1,0 +1,176 @@
+"""Run checkpoints: one orbax composite per step under WORKDIR/checkpoints/<step>/.
+
+Items of a step:
+  params/        the parameter pytree (also a loadable model: see params_io)
+  opt_state/     optimizer state, step counter and PRNG key
+  meta/          JSON: step, tokens_seen, nonfinite counts, wall time
+  data/          the grain iterator state, one JSON file per process
+  config/        JSON: the whole resolved run config
+  model_config/  model_config.json
+
+orbax writes each step into a temporary directory and renames it when every
+item is committed, so a step dir is either complete or absent: a process
+killed mid-save leaves nothing that `latest_complete_step` would pick.
+Keep policy: the newest `keep_last` steps plus every multiple of `keep_every`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+
+from yijax.models.config import ModelConfig
+from yijax.train.params_io import MODEL_CONFIG, CheckpointError
+
+ITEMS = ("params", "opt_state", "meta", "data", "config", "model_config")
+
+# which config field sets the size of a dimension with this logical name
+AXIS_FIELDS = {
+    "vocab": "model.vocab_size", "embed": "model.hidden_size", "layers": "model.num_layers",
+    "heads": "model.num_heads", "kv_heads": "model.num_kv_heads", "head_dim": "model.head_dim",
+    "mlp": "model.mlp_dim", "expert": "model.num_experts",
+}
+
+
+class _FrozenIteratorState:
+  """Holds a grain iterator state captured at save time (async saves run later)."""
+
+  def __init__(self, state: Any):
+    self._bytes = json.dumps(state).encode()
+
+  def get_state(self) -> bytes:
+    return self._bytes
+
+
+class _StateHolder:
+  """Receives a grain iterator state on restore (grain's handler calls set_state)."""
+
+  state: Any = None
+
+  def set_state(self, state):
+    self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+  def start_prefetch(self):
+    pass
+
+
+def _handlers() -> dict:
+  import grain
+
+  return {
+      "params": ocp.StandardCheckpointHandler(),
+      "opt_state": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+      "config": ocp.JsonCheckpointHandler(filename="config.json"),
+      "model_config": ocp.JsonCheckpointHandler(filename=MODEL_CONFIG),
+  }
+
+
+def latest_complete_step(checkpoints_dir: str) -> int | None:
+  """The newest committed step under a checkpoints dir (temporary dirs ignored)."""
+  steps = []
+  for name in os.listdir(checkpoints_dir):
+    full = os.path.join(checkpoints_dir, name)
+    if name.isdigit() and os.path.isdir(full) and os.path.exists(os.path.join(full, "params")):
+      steps.append(int(name))
+  return max(steps) if steps else None
+
+
+class RunCheckpointer:
+  """Saves and restores a run's composite checkpoints (cfg: the `checkpoint` section)."""
+
+  def __init__(self, workdir: str, cfg):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max(int(cfg.keep_last), 1),
+        keep_period=int(cfg.keep_every) or None,
+        enable_async_checkpointing=bool(cfg.async_save),
+        create=True,
+        cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, params, opt_state, meta: dict, data_state: Any, config: dict,
+           model_config: ModelConfig, force: bool = True) -> bool:
+    import grain
+
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta),
+        data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_state)),
+        config=ocp.args.JsonSave(config),
+        model_config=ocp.args.JsonSave(model_config.to_dict()),
+    )
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, step: int, abstract_params, abstract_opt_state, logical_specs=None):
+    """(params, opt_state, meta, data_state) of `step`, placed as the abstract trees say."""
+    check_shapes(os.path.join(self.directory, str(step), "params"), abstract_params, logical_specs)
+    holder = _StateHolder()
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore(),
+        data=_grain_restore(holder),
+    ))
+    return restored["params"], restored["opt_state"], restored["meta"], holder.state
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _grain_restore(holder: _StateHolder):
+  import grain
+
+  return grain.checkpoint.CheckpointRestore(holder)
+
+
+def _flat(tree, is_leaf=None) -> dict[str, Any]:
+  flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
+
+
+def check_shapes(params_dir: str, abstract_params, logical_specs=None) -> None:
+  """Raises CheckpointError naming the parameter, both shapes and the config field."""
+  metadata = ocp.PyTreeCheckpointer().metadata(params_dir)
+  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+  stored = _flat(tree, is_leaf=lambda m: hasattr(m, "shape"))
+  wanted = _flat(abstract_params)
+  specs = _flat(logical_specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)) if logical_specs else {}
+  missing = sorted(set(wanted) - set(stored))
+  extra = sorted(set(stored) - set(wanted))
+  if missing or extra:
+    raise CheckpointError(
+        f"checkpoint {params_dir} does not match the model: missing {missing[:4]}, unexpected {extra[:4]} "
+        "(was it written with another model config?)"
+    )
+  for name, leaf in wanted.items():
+    have = tuple(stored[name].shape)
+    if have != tuple(leaf.shape):
+      names = tuple(specs.get(name, ()))
+      fields = sorted({AXIS_FIELDS.get(n, "?") for n, a, b in zip(names, have, leaf.shape) if a != b and n})
+      raise CheckpointError(
+          f"checkpoint parameter {name} has shape {have} but the config gives {tuple(leaf.shape)}"
+          + (f"; check {', '.join(fields)}" if fields else "")
+      )
+
+
+def logical_param_specs(boxed_abstract_params):
+  return nn.get_partition_spec(boxed_abstract_params)

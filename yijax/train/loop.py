@@ -1,0 +1,237 @@
+"""The training loop: a run is a directory, and rerunning the same command resumes it.
+
+WORKDIR/config.json          the resolved run config
+WORKDIR/tokenizer.model      the tokenizer the data was prepared with
+WORKDIR/metrics.jsonl        one JSON object per step (step, loss, grad_norm, lr, tokens/s, MFU...)
+WORKDIR/eval.jsonl           held-out loss / perplexity / bits per byte at each evaluation
+WORKDIR/tensorboard/         the same as TensorBoard events
+WORKDIR/checkpoints/<step>/  orbax composite checkpoints (see checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yijax import models, sharding
+from yijax.models.config import ConfigError
+from yijax.train import checkpoint as ckpt_lib
+from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
+from yijax.train import validation
+
+Evaluator = Callable[[Any, int], dict]
+
+
+class TrainingHalted(RuntimeError):
+  """Too many non-finite steps in a row; the last good checkpoint is intact."""
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def _batch_to_device(batch: dict, data_sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
+  """Runs (or resumes) the run in `workdir`; returns the last metrics and evals."""
+  from yijax.data import pipeline
+
+  sharding.maybe_initialize_distributed(
+      config.distributed.enabled, config.distributed.coordinator_address or None,
+      config.distributed.num_processes or None,
+      config.distributed.process_id if config.distributed.process_id >= 0 else None,
+  )
+  plan = validation.check_run_config(config)  # everything that can fail, before compiling
+  model_config, mesh, rules = plan.model_config, plan.mesh, plan.rules
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    if plan.tokenizer_path and not os.path.exists(os.path.join(workdir, params_io.TOKENIZER)):
+      shutil.copy(plan.tokenizer_path, os.path.join(workdir, params_io.TOKENIZER))
+  logging.info("resolved config:\n%s", config)
+
+  optimizer, schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
+  abstract, shardings, logical = step_lib.state_shardings(model_config, optimizer, mesh, rules, config.train.seed)
+  checkpointer = ckpt_lib.RunCheckpointer(workdir, config.checkpoint)
+  data_sharding = sharding.data_sharding(mesh, rules)
+  per_process = config.train.batch_size // jax.process_count()
+  iterator = pipeline.train_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
+
+  resume_step = checkpointer.latest_step()
+  meta = {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
+  if resume_step is not None:
+    target = lambda tree, shard: jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)
+    params, opt_state, saved_meta, data_state = checkpointer.restore(
+        resume_step, target(abstract.params, shardings.params),
+        target((abstract.opt_state, abstract.step, abstract.rng),
+               (shardings.opt_state, shardings.step, shardings.rng)), logical)
+    opt_state, step_count, rng = opt_state
+    state = step_lib.TrainState(step_count, params, opt_state, rng)
+    pipeline.restore_iterator(iterator, data_state)
+    meta.update(saved_meta)
+    print(f"resumed {workdir} at step {resume_step} ({meta['tokens_seen']:,} tokens seen)", flush=True)
+  else:
+    params = None
+    if config.train.init_from:
+      params = _load_initial_params(config.train.init_from, model_config, shardings.params, abstract, logical)
+      print(f"initialized from {config.train.init_from}", flush=True)
+    state = step_lib.init_state(model_config, optimizer, mesh, rules, config.train.seed, params)
+  start = int(resume_step or 0)
+
+  train_step = step_lib.make_train_step(model_config, optimizer, schedule, config.train.z_loss,
+                                        config.train.vocab_chunk, config.train.microbatches)
+  with sharding.use_mesh(mesh, rules):
+    step_fn = jax.jit(train_step, in_shardings=(shardings, data_sharding),
+                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  evaluate = _held_out_evaluator(config, model_config, mesh, rules, shardings.params, plan)
+  writer = metrics_lib.MetricsWriter(workdir, start)
+  per_token_flops = flops.train_flops_per_token(model_config, config.train.seq_len)
+  end = config.train.steps if not config.train.stop_after else min(config.train.steps, start + config.train.stop_after)
+  progress = metrics_lib.Progress(config.train.steps, start, config.train.progress_bar)
+  throughput = metrics_lib.Throughput()
+  last: dict = {}
+  eval_every = config.eval.every_steps
+
+  def save(step_number: int) -> None:
+    if not step_lib.all_finite(state.params):
+      raise TrainingHalted(f"parameters are not finite at step {step_number}; not checkpointing")
+    checkpointer.save(step_number, state.params, (state.opt_state, state.step, state.rng),
+                      dict(meta, step=step_number, time=time.time()), pipeline.iterator_state(iterator),
+                      json.loads(config.to_json_best_effort()), model_config)
+
+  try:
+    with _Preemption() as preemption:
+      for step_number in range(start + 1, end + 1):
+        local = next(iterator)
+        batch = _batch_to_device(local, data_sharding)
+        with sharding.use_mesh(mesh, rules):
+          state, step_metrics = step_fn(state, batch)
+        step_metrics = jax.device_get(step_metrics)
+        real_tokens = int(np.sum(np.asarray(local["segment_ids"]) != 0)) * jax.process_count()
+        meta["tokens_seen"] += real_tokens
+        tokens_per_s, step_time = throughput.tick(config.train.batch_size * config.train.seq_len)
+        if step_metrics["finite"]:
+          meta["nonfinite_in_a_row"] = 0
+        else:
+          meta["nonfinite_in_a_row"] += 1
+          meta["nonfinite_total"] += 1
+        last = {**step_metrics, "tokens_seen": meta["tokens_seen"], "tokens_per_s": tokens_per_s,
+                "step_time": step_time, "nonfinite_total": meta["nonfinite_total"]}
+        util = flops.mfu(tokens_per_s, per_token_flops)
+        if util is not None:
+          last["mfu"] = util
+        if step_number % config.train.log_every == 0 or step_number == end:
+          writer.write(step_number, last)
+        progress.update(step_number, float(step_metrics["loss"]), tokens_per_s)
+        if meta["nonfinite_in_a_row"] >= config.train.max_nonfinite:
+          raise TrainingHalted(
+              f"{meta['nonfinite_in_a_row']} non-finite steps in a row at step {step_number} "
+              f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
+              "Lower optimizer.lr, raise warmup, or check the data")
+        if evaluate and eval_every and step_number % eval_every == 0 and step_number != end:
+          writer.write(step_number, _run_evals(evaluate, evaluators, state.params, step_number), metrics_lib.EVAL_FILE)
+        if preemption.requested or checkpointer.reached_preemption(step_number):
+          save(step_number)
+          checkpointer.wait()
+          print(f"preempted: saved step {step_number} to {checkpointer.directory}; rerun to resume", flush=True)
+          return {"preempted": True, "step": step_number, **last}
+        if step_number % config.checkpoint.every_steps == 0 or step_number == end:
+          save(step_number)
+    final_evals = {}
+    if end == config.train.steps and (evaluate or evaluators) and start < end:
+      final_evals = _run_evals(evaluate, evaluators, state.params, end)
+      writer.write(end, final_evals, metrics_lib.EVAL_FILE)
+    return {"step": end, **last, **{f"eval/{k}": v for k, v in final_evals.items()}}
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+
+
+def _run_evals(evaluate, evaluators, params, step: int) -> dict:
+  results = dict(evaluate(params)) if evaluate else {}
+  for evaluator in evaluators:
+    results.update(evaluator(params, step))
+  return results
+
+
+def _load_initial_params(path, model_config, param_shardings, abstract, logical):
+  location = params_io.locate_model(path)
+  ckpt_lib.check_shapes(location.params_dir, abstract.params, logical)
+  _, params = params_io.load_model(path, dtype=model_config.param_dtype, shardings=param_shardings)
+  return params
+
+
+def _held_out_evaluator(config, model_config, mesh, rules, param_shardings, plan):
+  """Held-out loss / perplexity / bits per byte over fixed eval batches (or None)."""
+  from yijax.data import pipeline
+
+  if config.eval.batches <= 0:
+    return None
+  batches = pipeline.eval_batches(config.data, config.data.eval_split, config.train.seq_len,
+                                  config.eval.batch_size, config.eval.batches)
+  if not batches:
+    return None
+  eval_step = step_lib.make_eval_step(model_config, config.train.vocab_chunk)
+  data_sharding = sharding.data_sharding(mesh, rules)
+  with sharding.use_mesh(mesh, rules):
+    eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, data_sharding))
+  bytes_table = plan.token_bytes
+
+  def evaluate(params) -> dict:
+    nll, count, num_bytes = 0.0, 0.0, 0
+    for local in batches:
+      device_batch = _batch_to_device(local, data_sharding)
+      with sharding.use_mesh(mesh, rules):
+        batch_nll, batch_count = eval_fn(params, device_batch)
+      nll += float(batch_nll)
+      count += float(batch_count)
+      if bytes_table is not None:
+        num_bytes += int(_target_bytes(local, bytes_table))
+    loss = nll / max(count, 1.0)
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens": int(count)}
+    if bytes_table is not None and num_bytes:
+      out["bits_per_byte"] = nll / (math.log(2) * num_bytes)
+    return out
+
+  return evaluate
+
+
+def _target_bytes(batch: dict, bytes_table: np.ndarray) -> int:
+  tokens, segments = np.asarray(batch["tokens"]), np.asarray(batch["segment_ids"])
+  same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] != 0)
+  return int(bytes_table[tokens[:, 1:]][same].sum())

@@ -1,0 +1,60 @@
+"""optax AdamW with warmup + cosine / warmup-stable-decay / constant schedules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from yijax.models.config import ConfigError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "cosine", "sqrt")
+
+
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+  """cfg: the `optimizer` config section."""
+  if cfg.schedule not in SCHEDULES:
+    raise ConfigError(f"optimizer.schedule={cfg.schedule!r} is not one of {SCHEDULES}")
+  peak, warmup = float(cfg.lr), int(cfg.warmup_steps)
+  if warmup < 0 or warmup > total_steps:
+    raise ConfigError(f"optimizer.warmup_steps={warmup} must be in [0, train.steps={total_steps}]")
+  final = peak * float(cfg.min_lr_ratio)
+  warm = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
+  if cfg.schedule == "constant":
+    return optax.join_schedules([warm, optax.constant_schedule(peak)], [warmup])
+  if cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(total_steps - warmup, 1), alpha=float(cfg.min_lr_ratio))
+    return optax.join_schedules([warm, decay], [warmup])
+  if cfg.decay_shape not in DECAY_SHAPES:
+    raise ConfigError(f"optimizer.decay_shape={cfg.decay_shape!r} is not one of {DECAY_SHAPES}")
+  decay_steps = max(int(round(total_steps * float(cfg.decay_fraction))), 1)
+  stable_steps = max(total_steps - warmup - decay_steps, 0)
+
+  def decay(step):
+    frac = jnp.clip(step / decay_steps, 0.0, 1.0)
+    shape = {"linear": frac, "sqrt": jnp.sqrt(frac), "cosine": 0.5 * (1 - jnp.cos(jnp.pi * frac))}[cfg.decay_shape]
+    return peak + (final - peak) * shape
+
+  return optax.join_schedules([warm, optax.constant_schedule(peak), decay], [warmup, warmup + stable_steps])
+
+
+def decay_mask(params, no_decay=("norm", "embed")):
+  """True for parameters that get weight decay: not those whose path names a `no_decay` word."""
+  def wants_decay(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return not any(word in name for word in no_decay)
+
+  return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = learning_rate_schedule(cfg, total_steps)
+  parts = []
+  if float(cfg.clip_norm) > 0:
+    parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+  parts.append(optax.adamw(
+      schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
+      weight_decay=float(cfg.weight_decay), mask=lambda p: decay_mask(p, tuple(cfg.no_decay)),
+  ))
+  return optax.chain(*parts), schedule

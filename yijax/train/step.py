@@ -1,0 +1,141 @@
+"""The train state, its sharded initialization, and the jitted train/eval steps."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from yijax import models, sharding
+from yijax.models.config import ModelConfig
+from yijax.train import loss as losses
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array       # int32 scalar: optimizer steps taken (skipped non-finite steps included)
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # a PRNG key (uint32 key data, for checkpointing)
+
+
+def _boxed_init(config: ModelConfig, optimizer: optax.GradientTransformation, seed: int):
+  init_model = models._init_fn(config)
+
+  def init():
+    params = init_model(jax.random.key(seed))
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                      jax.random.key_data(jax.random.key(seed + 1)))
+
+  return init
+
+
+def state_shardings(config: ModelConfig, optimizer, mesh, rules, seed: int = 0):
+  """(abstract unboxed TrainState, NamedShardings, logical param specs)."""
+  boxed = jax.eval_shape(_boxed_init(config, optimizer, seed))
+  shardings = sharding.shardings_for(boxed, mesh, rules)
+  return nn.unbox(boxed), shardings, nn.get_partition_spec(boxed.params)
+
+
+def init_state(config: ModelConfig, optimizer, mesh, rules, seed: int, params=None) -> TrainState:
+  """A fresh TrainState created in its sharding (params given: continual pretraining)."""
+  _, shardings, _ = state_shardings(config, optimizer, mesh, rules, seed)
+  if params is None:
+    init = _boxed_init(config, optimizer, seed)
+    return jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
+
+  def from_params(params):
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
+                      jax.random.key_data(jax.random.key(seed + 1)))
+
+  return jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+
+
+def batch_loss(config: ModelConfig, params, batch, z_loss: float, vocab_chunk: int):
+  """Sums over target tokens: (nll + z_loss * lse^2 + aux, (nll_sum, z_sum, aux, count))."""
+  hidden, aux = models.apply(config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
+                             return_hidden=True, return_aux=True)
+  targets, mask = losses.next_token_targets(batch["tokens"], batch["segment_ids"])
+  mask = mask.astype(jnp.float32)
+  nll, lse = losses.cross_entropy(hidden, models.head_kernel(params, config), targets, vocab_chunk)
+  count = jnp.sum(mask)
+  nll_sum, z_sum = jnp.sum(nll * mask), jnp.sum(jnp.square(lse) * mask)
+  aux_total = sum(aux.values()) if aux else jnp.float32(0)
+  total = nll_sum + z_loss * z_sum + aux_total * jnp.maximum(count, 1.0)
+  return total, (nll_sum, z_sum, aux, count)
+
+
+def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, vocab_chunk: int,
+                    microbatches: int):
+  """train_step(state, batch) -> (state, metrics); one update from `microbatches` passes.
+
+  Gradients are summed over microbatches and divided by the total number of
+  target tokens, so any microbatch count gives the same update. A step whose
+  loss or gradient norm is not finite leaves params and optimizer untouched
+  (metrics["finite"] = 0).
+  """
+
+  def grads_of(params, batch):
+    return jax.grad(lambda p: batch_loss(config, p, batch, z_loss, vocab_chunk), has_aux=True)(params)
+
+  def train_step(state: TrainState, batch):
+    if microbatches == 1:
+      grads, (nll_sum, z_sum, aux, count) = grads_of(state.params, batch)
+    else:
+      split = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
+
+      def accumulate(carry, micro):
+        grads, (nll_sum, z_sum, aux, count) = grads_of(state.params, micro)
+        return jax.tree.map(jnp.add, carry, (grads, nll_sum, z_sum, aux, count)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      aux_zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(state.params, jax.tree.map(
+          lambda x: x[0], split))[1][2]))
+      init = (zeros, jnp.float32(0), jnp.float32(0), aux_zero, jnp.float32(0))
+      (grads, nll_sum, z_sum, aux, count), _ = jax.lax.scan(accumulate, init, split)
+      aux = jax.tree.map(lambda a: a / microbatches, aux)
+    denominator = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    grad_norm = optax.global_norm(grads)
+    loss = nll_sum / denominator
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=jax.tree.map(keep, params, state.params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+    )
+    metrics = {"loss": loss, "z_loss": z_sum / denominator, "grad_norm": grad_norm,
+               "lr": schedule(state.step), "finite": finite.astype(jnp.int32), "target_tokens": count}
+    metrics.update({f"aux/{k}": v for k, v in aux.items()})
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config: ModelConfig, vocab_chunk: int):
+  """eval_step(params, batch) -> (nll_sum, count) over target tokens."""
+
+  def eval_step(params, batch):
+    _, (nll_sum, _, _, count) = batch_loss(config, params, batch, 0.0, vocab_chunk)
+    return nll_sum, count
+
+  return eval_step
+
+
+@functools.lru_cache(maxsize=None)
+def _all_finite_fn():
+  return jax.jit(lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+
+
+def all_finite(tree) -> bool:
+  """True when every floating leaf is finite (checked before each checkpoint)."""
+  floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return bool(_all_finite_fn()(floats)) if floats else True

@@ -1,0 +1,116 @@
+"""Every check a run config must pass before anything is compiled.
+
+A config that cannot work fails here with a ConfigError naming the field and
+the fix: model shapes, mesh vs devices, batch vs mesh and processes, sequence
+length vs the model, tokenizer vs vocabulary, schedule vs steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from yijax import configlib, sharding
+from yijax.models.config import ConfigError, ModelConfig
+
+
+@dataclasses.dataclass
+class RunPlan:
+  model_config: ModelConfig
+  mesh: Any
+  rules: tuple
+  tokenizer_path: str | None
+  token_bytes: np.ndarray | None  # UTF-8 bytes per token id, for bits per byte
+
+
+def _positive(config, dotted: str) -> int:
+  section, field = dotted.split(".")
+  value = config[section][field]
+  if not isinstance(value, int) or value <= 0:
+    raise ConfigError(f"{dotted}={value!r} must be a positive integer")
+  return value
+
+
+def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
+  model_config = configlib.model_config(config)
+  for dotted in ("train.steps", "train.batch_size", "train.seq_len", "train.microbatches",
+                 "checkpoint.every_steps", "train.log_every"):
+    _positive(config, dotted)
+  train = config.train
+  if train.seq_len > model_config.max_seq_len:
+    raise ConfigError(
+        f"train.seq_len={train.seq_len} exceeds model.max_seq_len={model_config.max_seq_len}; "
+        f"raise --config.model.max_seq_len (and consider a RoPE scaling) or shorten train.seq_len")
+  if train.batch_size % train.microbatches:
+    raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by train.microbatches="
+                      f"{train.microbatches}")
+  if train.batch_size % jax.process_count():
+    raise ConfigError(f"train.batch_size={train.batch_size} must divide evenly over {jax.process_count()} "
+                      "processes")
+  rules = sharding.normalize_rules(config.sharding_rules)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  batch_axes = sharding.logical_to_spec(("batch",), rules)[0] or ()
+  batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,)
+  batch_shards = int(np.prod([mesh.shape[a] for a in batch_axes])) if batch_axes else 1
+  micro = train.batch_size // train.microbatches
+  if micro % batch_shards:
+    raise ConfigError(
+        f"train.batch_size={train.batch_size} / train.microbatches={train.microbatches} = {micro} sequences "
+        f"per pass cannot be split over the {batch_shards} batch shards of mesh {dict(mesh.shape)} "
+        f"(axes {batch_axes}); use a multiple of {batch_shards}")
+  if config.eval.batches > 0 and config.eval.batch_size % batch_shards:
+    raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of the {batch_shards} "
+                      "batch shards of the mesh")
+  if config.optimizer.warmup_steps > train.steps:
+    raise ConfigError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds train.steps={train.steps}")
+  tokenizer_path, token_bytes = _check_data(config, model_config, prepare_default_data)
+  return RunPlan(model_config, mesh, rules, tokenizer_path, token_bytes)
+
+
+def _check_data(config, model_config: ModelConfig, prepare_default_data: bool):
+  from yijax.data import pipeline
+  from yijax.data.tokenizer import Tokenizer
+
+  if not config.data.prepared_dir:
+    if not prepare_default_data:
+      return None, None
+    with config.unlocked():
+      config.data.prepared_dir = default_prepared_dir(model_config.vocab_size)
+  manifest = pipeline.read_manifest(config.data.prepared_dir, config.data.split, list(config.data.sources))
+  pipeline.check_tokenizer(manifest, model_config.vocab_size)
+  path = manifest["tokenizer"]["path"]
+  if not os.path.exists(path):
+    return None, None
+  return path, Tokenizer(path).byte_lengths()
+
+
+DEFAULT_DATA_VOCAB = 4096
+
+
+def default_prepared_dir(model_vocab_size: int) -> str:
+  """The embedded corpus, tokenized and prepared once into a cache shared by runs.
+
+  $YIJAX_CACHE_DIR (default ~/.cache/yijax)/embedded-<corpus fingerprint>-v<vocab>;
+  a file lock keeps concurrent runs (or processes) from preparing it twice.
+  """
+  import fcntl
+
+  from yijax.data import corpus, prepare
+
+  vocab = min(model_vocab_size, DEFAULT_DATA_VOCAB)
+  root = os.environ.get("YIJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "yijax")
+  out = os.path.join(root, f"embedded-{corpus.fingerprint()[:12]}-v{vocab}")
+  os.makedirs(root, exist_ok=True)
+  with open(out + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    manifest = os.path.join(out, "manifest.json")
+    done = os.path.exists(manifest) and json.load(open(manifest)).get("complete")
+    if not done:
+      print(f"preparing the embedded corpus into {out} (once)", flush=True)
+      prepare.prepare_embedded(out, vocab, progress=jax.process_index() == 0)
+  return out

@@ -27,12 +27,14 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "quickstart": Command("offline: tokenizer + data from the embedded corpus, train tiny, eval, sample", "quickstart"),
     "model-info": Command("parameter counts and bytes of a model config (allocates nothing)", "model_info"),
     "convert": Command("hf-to-yijax | yijax-to-hf: Hugging Face safetensors <-> yijax model dirs", "convert"),
     "generate": Command("sample from a model dir or run dir (KV-cache decoding)", "generate"),
     "train": Command("train or resume a run: --config=FILE --workdir=DIR [--config.x=v]", "train"),
     "prepare": Command("raw text / JSONL / TFDS -> token-id ArrayRecord shards (parallel, resumable)", "prepare"),
     "tokenizer": Command("train: a sentencepiece tokenizer with Yi's settings (files / embedded corpus)", "tokenizer"),
+    "eval": Command("perplexity / bits per byte on prepared data, multiple-choice accuracy", "eval"),
     "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
 }
 

@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
+from yijax.train import params_io
 from yijax.train.params_io import MODEL_CONFIG, CheckpointError
 
 ITEMS = ("params", "opt_state", "meta", "data", "config", "model_config")
@@ -149,9 +150,7 @@ def _flat(tree, is_leaf=None) -> dict[str, Any]:
 
 def check_shapes(params_dir: str, abstract_params, logical_specs=None) -> None:
   """Raises CheckpointError naming the parameter, both shapes and the config field."""
-  metadata = ocp.PyTreeCheckpointer().metadata(params_dir)
-  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-  stored = _flat(tree, is_leaf=lambda m: hasattr(m, "shape"))
+  stored = _flat(params_io.tree_metadata(params_dir), is_leaf=lambda m: hasattr(m, "shape"))
   wanted = _flat(abstract_params)
   specs = _flat(logical_specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)) if logical_specs else {}
   missing = sorted(set(wanted) - set(stored))

@@ -78,6 +78,21 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
+def tiny_pretrain_config() -> ml_collections.ConfigDict:
+  """The tiny model on the embedded corpus: configs/pretrain/tiny.py and `yijax quickstart`."""
+  config = base_config("tiny")
+  config.train.steps = 300
+  config.train.batch_size = 8
+  config.train.seq_len = 256
+  config.optimizer.lr = 3e-3
+  config.optimizer.warmup_steps = 30
+  config.checkpoint.every_steps = 100
+  config.eval.every_steps = 100
+  config.eval.batches = 4
+  config.data.sources = {"python_code": 0.7, "python_docs": 0.3}
+  return config
+
+
 def _data_config() -> ml_collections.ConfigDict:
   from yijax.data import pipeline
 

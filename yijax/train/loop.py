@@ -203,7 +203,8 @@ def _held_out_evaluator(config, model_config, mesh, rules, param_shardings, plan
   if config.eval.batches <= 0:
     return None
   batches = pipeline.eval_batches(config.data, config.data.eval_split, config.train.seq_len,
-                                  config.eval.batch_size, config.eval.batches)
+                                  config.eval.batch_size // jax.process_count(), config.eval.batches,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
   if not batches:
     return None
   eval_step = step_lib.make_eval_step(model_config, config.train.vocab_chunk)

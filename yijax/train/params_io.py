@@ -99,7 +99,7 @@ def load_model(path: str, dtype: str | None = None, shardings: Any = None,
   config = read_model_config(path)
   params_dir = location.params_dir
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = _tree_metadata(checkpointer, params_dir)
+  metadata = tree_metadata(params_dir)
   if as_numpy:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     return config, checkpointer.restore(params_dir, restore_args=restore_args)
@@ -113,17 +113,18 @@ def load_model(path: str, dtype: str | None = None, shardings: Any = None,
   return config, ocp.StandardCheckpointer().restore(params_dir, target)
 
 
-def _tree_metadata(checkpointer, params_dir: str) -> Any:
-  meta = checkpointer.metadata(params_dir)
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
+def tree_metadata(params_dir: str) -> Any:
+  """The parameter tree of a params checkpoint, with ArrayMetadata (shape, dtype) leaves."""
+  from etils import epath
+
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+  tree = getattr(meta, "tree", meta)
   return jax.tree.map(lambda m: m, tree, is_leaf=lambda m: hasattr(m, "shape"))
 
 
 def params_shapes(path: str) -> dict[str, tuple]:
   """{"layers/attention/q_proj/kernel": shape, ...} of a model directory."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = _tree_metadata(checkpointer, locate_model(path).params_dir)
+  metadata = tree_metadata(locate_model(path).params_dir)
   flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda m: hasattr(m, "shape"))[0]
   return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(m.shape) for p, m in flat}
 

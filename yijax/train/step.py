@@ -76,7 +76,7 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
 
   Gradients are summed over microbatches and divided by the total number of
   target tokens, so any microbatch count gives the same update. A step whose
-  loss or gradient norm is not finite leaves params and optimizer untouched
+  loss, gradient norm or update norm is not finite leaves params and optimizer untouched
   (metrics["finite"] = 0).
   """
 
@@ -103,8 +103,8 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
     grads = jax.tree.map(lambda g: g / denominator, grads)
     grad_norm = optax.global_norm(grads)
     loss = nll_sum / denominator
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jnp.where(finite, new, old)
     new_state = state.replace(

@@ -1,0 +1,119 @@
+"""The training loop in-process: meshes, restore onto another mesh, shape errors,
+keep policy, non-finite halting, continual pretraining, periodic evaluation."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from yijax import configlib
+from yijax.models.config import ConfigError
+from yijax.train import loop, params_io
+from yijax.train.config import tiny_pretrain_config
+from yijax.train.params_io import CheckpointError
+
+
+def _config(prepared_data, **overrides):
+  config = tiny_pretrain_config()
+  values = {
+      "model.num_layers": 2, "model.hidden_size": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
+      "model.head_dim": 16, "model.mlp_dim": 128, "train.steps": 6, "train.batch_size": 8,
+      "train.seq_len": 64, "train.progress_bar": False, "optimizer.warmup_steps": 2,
+      "checkpoint.every_steps": 2, "checkpoint.async_save": False, "eval.batches": 0,
+      "eval.every_steps": 0, "data.prepared_dir": prepared_data,
+  }
+  values.update(overrides)
+  return configlib.apply_overrides(config, values)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def test_restore_onto_another_mesh(tmp_path, prepared_data):
+  """8-way data parallel for 4 steps, then fsdp=4 x tensor=2 for the rest: same losses."""
+  straight = tmp_path / "straight"
+  loop.train(_config(prepared_data), str(straight))
+  moved = tmp_path / "moved"
+  loop.train(_config(prepared_data, **{"train.stop_after": 4}), str(moved))
+  result = loop.train(_config(prepared_data, **{"mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2}), str(moved))
+  assert result["step"] == 6
+  np.testing.assert_allclose(_losses(moved), _losses(straight), rtol=2e-5)
+  _, params = params_io.load_model(str(moved))
+  assert params["layers"]["mlp"]["up_proj"]["kernel"].shape == (2, 64, 128)
+
+
+def test_checkpoint_that_does_not_match_the_config(tmp_path, prepared_data):
+  workdir = tmp_path / "run"
+  loop.train(_config(prepared_data, **{"train.steps": 2}), str(workdir))
+  with pytest.raises(CheckpointError, match=r"mlp/down_proj/kernel has shape \(2, 128, 64\) but the config "
+                                            r"gives \(2, 96, 64\); check model.mlp_dim"):
+    loop.train(_config(prepared_data, **{"train.steps": 4, "model.mlp_dim": 96}), str(workdir))
+
+
+def test_keep_policy_keeps_last_k_and_every_m(tmp_path, prepared_data):
+  workdir = tmp_path / "keep"
+  loop.train(_config(prepared_data, **{"train.steps": 12, "checkpoint.every_steps": 1, "checkpoint.keep_last": 2,
+                                       "checkpoint.keep_every": 5}), str(workdir))
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert steps == [5, 10, 11, 12]
+
+
+def test_non_finite_steps_halt_and_keep_the_last_good_checkpoint(tmp_path, prepared_data):
+  workdir = tmp_path / "nan"
+  loop.train(_config(prepared_data, **{"train.steps": 2}), str(workdir))
+  with pytest.raises(loop.TrainingHalted, match="3 non-finite steps in a row at step 5"):
+    loop.train(_config(prepared_data, **{"train.steps": 10, "optimizer.lr": float("inf"),
+                                         "train.max_nonfinite": 3}), str(workdir))
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert steps == [2, 4]  # step 4 was saved mid-streak: the skipped updates left step 2's parameters
+  _, good = params_io.load_model(str(workdir / "checkpoints" / "2"))
+  _, params = params_io.load_model(str(workdir))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(good)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_continual_pretraining_starts_from_given_params(tmp_path, prepared_data):
+  base = tmp_path / "base"
+  loop.train(_config(prepared_data, **{"train.steps": 4}), str(base))
+  _, base_params = params_io.load_model(str(base))
+  cont = tmp_path / "continued"
+  config = _config(prepared_data, **{"train.steps": 1, "train.init_from": str(base), "optimizer.lr": 0.0,
+                                     "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
+                                     "optimizer.weight_decay": 0.0})
+  loop.train(config, str(cont))
+  _, params = params_io.load_model(str(cont))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(base_params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_periodic_evaluation_and_run_dir_contents(tmp_path, prepared_data):
+  workdir = tmp_path / "evals"
+  seen = []
+  result = loop.train(_config(prepared_data, **{"eval.batches": 2, "eval.every_steps": 2}), str(workdir),
+                      evaluators=[lambda params, step: seen.append(step) or {"custom": float(step)}])
+  records = [json.loads(line) for line in open(workdir / "eval.jsonl")]
+  assert [r["step"] for r in records] == [2, 4, 6] and seen == [2, 4, 6]
+  assert all(r["bits_per_byte"] > 0 and r["perplexity"] > 1 for r in records)
+  assert result["eval/custom"] == 6.0
+  assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
+  saved = json.load(open(workdir / "config.json"))
+  assert saved["train"]["steps"] == 6 and saved["data"]["prepared_dir"] == prepared_data
+  assert (workdir / "tokenizer.model").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train.seq_len": 2048}, r"train.seq_len=2048 exceeds model.max_seq_len=1024"),
+    ({"train.batch_size": 12}, r"cannot be split over the 8 batch shards"),
+    ({"mesh.data": 3}, r"mesh .* has 3 devices but 8 are present"),
+    ({"model.num_kv_heads": 3}, r"model.num_heads=4 is not divisible by model.num_kv_heads=3"),
+    ({"model.vocab_size": 1000}, r"4096 .*model.vocab_size=1000|model.vocab_size=1000.*4096"),
+    ({"data.sources": {"nope": 1.0}}, r"nope"),
+])
+def test_bad_configs_fail_before_compiling(tmp_path, prepared_data, override, message):
+  with pytest.raises(ConfigError, match=message):
+    loop.train(_config(prepared_data, **override), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / "checkpoints").exists()

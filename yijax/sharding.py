@@ -197,6 +197,10 @@ def maybe_initialize_distributed(
     )
   if not enabled:
     return False
+  try:  # CPU processes need a collectives implementation (harmless on GPU/TPU)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):
+    pass
   kwargs = {}
   if coordinator_address:
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)

@@ -230,3 +230,20 @@ def test_manifest_and_config_errors(prepared, tmp_path):
   pipeline.check_tokenizer(manifest, 512)
   with pytest.raises(ConfigError, match="512 pieces but model.vocab_size=256"):
     pipeline.check_tokenizer(manifest, 256)
+
+
+def test_logical_shards_make_the_global_batch_independent_of_process_count(prepared):
+  """Two logical shards: one process reading both == two processes reading one each."""
+  cfg = config(prepared[0], logical_shards=2)
+  single = pipeline.train_iterator(cfg, 64, 8, seed=0, process_index=0, process_count=1)
+  first = pipeline.train_iterator(cfg, 64, 4, seed=0, process_index=0, process_count=2)
+  second = pipeline.train_iterator(cfg, 64, 4, seed=0, process_index=1, process_count=2)
+  for _ in range(3):
+    whole, a, b = next(single), next(first), next(second)
+    for key in whole:
+      np.testing.assert_array_equal(whole[key], np.concatenate([a[key], b[key]]))
+  state = pipeline.iterator_state(single)
+  expected = next(single)
+  again = pipeline.restore_iterator(pipeline.train_iterator(cfg, 64, 8, seed=0, process_index=0, process_count=1),
+                                    state)
+  np.testing.assert_array_equal(next(again)["tokens"], expected["tokens"])

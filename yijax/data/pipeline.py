@@ -55,6 +55,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.prepared_dir = ""  # `yijax prepare --out` directory (holds manifest.json)
   c.sources = {"python_code": 0.7, "python_docs": 0.3}  # source -> share of TOKENS in the train mixture
   c.split = "train"  # split the train iterator reads
+  # logical data shards, each its own stream of batch/shards rows; processes take equal groups of them,
+  # so the global batch does not depend on the process count (0 = one shard per process)
+  c.logical_shards = 0
   c.eval_split = "validation"  # split eval_batches reads (never part of the train mixture)
   c.add_bos = True  # prepend the tokenizer's bos (manifest) to every document
   c.add_eos = True  # append its eos
@@ -321,18 +324,34 @@ def train_iterator(data_cfg, seq_len: int, batch_size: int, seed: int = 0, proce
                    process_count: int | None = None) -> grain.DatasetIterator:
   """Endless packed batches {tokens, segment_ids, positions: int32 [batch_size, seq_len]} for this process.
 
-  The stream is determined by (seed, data_cfg.shuffle_seed, process_index,
-  process_count); `get_state()` / `set_state()` resume it exactly.
+  The stream is determined by (seed, data_cfg.shuffle_seed, the logical
+  shards this process owns); `get_state()` / `set_state()` resume it exactly.
   """
   _check(data_cfg, seq_len, batch_size)
-  mixture = train_mixture(data_cfg, seq_len, seed, process_index, process_count)
-  ds = mixture.dataset.to_iter_dataset(_read_options(data_cfg))
-  ds = _pack_and_batch(ds, seq_len, batch_size, max(data_cfg.packing_bins, batch_size), drop_remainder=True)
+  process_index, process_count = _process(process_index, process_count)
+  shards = data_cfg.logical_shards or process_count
+  if shards % process_count or batch_size % (shards // process_count):
+    raise ConfigError(
+        f"data.logical_shards={shards} must be a multiple of the {process_count} processes and divide each "
+        f"process's {batch_size} rows into equal parts")
+  local = shards // process_count
+  streams = [_shard_stream(data_cfg, seq_len, batch_size // local, seed, process_index * local + i, shards)
+             for i in range(local)]
+  ds = streams[0]
+  if local > 1:
+    ds = grain.experimental.ZipIterDataset(streams).map(
+        lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
   if data_cfg.prefetch.batches > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data_cfg.prefetch.batches)
   iterator = iter(ds)
   atexit.register(_close_if_alive, weakref.ref(iterator))  # stop its threads before interpreter teardown
   return iterator
+
+
+def _shard_stream(data_cfg, seq_len: int, rows: int, seed: int, shard: int, shards: int):
+  mixture = train_mixture(data_cfg, seq_len, seed, shard, shards)
+  ds = mixture.dataset.to_iter_dataset(_read_options(data_cfg))
+  return _pack_and_batch(ds, seq_len, rows, max(data_cfg.packing_bins, rows), drop_remainder=True)
 
 
 def _close_if_alive(ref) -> None:

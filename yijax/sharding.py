@@ -4,8 +4,9 @@ Every parameter and activation carries logical axis names (`batch`, `embed`,
 `heads`, ...). A run's config maps them onto the mesh axes below with
 `logical_axis_rules`, an ordered list of (logical, mesh axis or axes) pairs:
 for each dimension the first rule whose mesh axes are still unused in that
-array wins (flax's semantics), so `batch -> (data, fsdp)` listed before
-`embed -> fsdp` shards weights over fsdp and activations over data x fsdp.
+array wins (flax's semantics), so `batch -> (data, fsdp, expert)` listed
+before `embed -> fsdp` shards weights over fsdp and activations over
+data x fsdp x expert (outside the MoE layers the expert axis is data-parallel).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from yijax.models.config import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor", "sequence", "expert")
 
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", "sequence"),
     ("embed", "fsdp"),
     ("heads", "tensor"),

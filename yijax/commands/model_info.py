@@ -31,7 +31,10 @@ def run(fv, args):
   print(f"parameters      {counts['total']:>16,}  ({_human(counts['total'])})")
   print(f"  embeddings    {counts['embedding']:>16,}  ({_human(counts['embedding'])}; "
         f"{'tied' if config.tie_embeddings else 'untied'} input + output)")
-  print(f"  per layer     {counts['per_layer']:>16,}  ({_human(counts['per_layer'])})")
+  print(f"  per layer     {counts['per_layer']:>16,}  ({_human(counts['per_layer'])}; mean over layers)")
+  if config.is_moe:
+    print(f"active          {counts['active']:>16,}  ({_human(counts['active'])}; top-{config.num_experts_per_token} "
+          f"of {config.num_experts} routed experts + {config.num_shared_experts} shared)")
   print(f"  non-embedding {counts['non_embedding']:>16,}  ({_human(counts['non_embedding'])})")
   for dtype, size in counts["bytes"].items():
     print(f"bytes {dtype:<9} {size:>16,}  ({size / 2**30:.2f} GiB)")

@@ -57,22 +57,23 @@ def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> A
 
 def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None, cache=None,
           return_hidden: bool = False, return_aux: bool = False):
-  """Runs the model. With return_aux, also returns {name: scalar} of the auxiliary
-  losses the layers `sow` into the "aux" collection (summed over layers),
-  already scaled by their coefficients: the train loss adds them as they are."""
+  """Runs the model. With return_aux, also returns {"losses": {name: scalar},
+  "stats": tree}: the auxiliary losses the layers sow (summed over layers,
+  already scaled by their coefficients: the train loss adds them as they
+  are) and per-layer statistics (MoE expert load, dropped fraction)."""
   model = Transformer(config)
   args = (tokens, positions, segment_ids, cache, return_hidden)
   if not return_aux:
     return model.apply({"params": params}, *args)
-  out, variables = model.apply({"params": params}, *args, mutable=["aux"])
-  return out, collect_aux(variables.get("aux", {}))
+  out, variables = model.apply({"params": params}, *args, mutable=["losses", "stats"])
+  return out, {"losses": sum_losses(variables.get("losses", {})), "stats": variables.get("stats", {})}
 
 
-def collect_aux(tree) -> dict[str, jax.Array]:
-  """Sums every sown value under the same name (over layers and calls)."""
+def sum_losses(tree) -> dict[str, jax.Array]:
+  """Sums every sown loss under the same name (over layers and stacks)."""
   totals: dict[str, jax.Array] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = [str(getattr(k, "key", "")) for k in path if hasattr(k, "key")]
+    keys = [str(k.key) for k in path if hasattr(k, "key")]
     name = keys[-1] if keys else "aux"
     totals[name] = totals.get(name, 0.0) + jnp.sum(leaf.astype(jnp.float32))
   return totals
@@ -97,9 +98,12 @@ def param_count(config: ModelConfig) -> dict[str, Any]:
            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
   total = sum(sizes.values())
   embedding = sizes.get("embed/embedding", 0) + sizes.get("lm_head/kernel", 0)
-  layer_total = sum(v for k, v in sizes.items() if k.startswith("layers/"))
+  layer_total = sum(v for k, v in sizes.items() if "layers/" in k)
+  routed = sum(v for k, v in sizes.items() if k.rsplit("/", 1)[-1] in ("wi_gate", "wi_up", "wo"))
+  inactive = routed * (1 - config.num_experts_per_token / config.num_experts) if config.is_moe else 0
   return {
       "total": total,
+      "active": int(total - inactive),  # parameters a token passes through (top-k of the routed experts)
       "embedding": embedding,
       "non_embedding": total - embedding,
       "per_layer": layer_total // config.num_layers,

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+ROUTER_TYPES = ("softmax_topk", "topk_softmax", "sigmoid")
+MOE_IMPLS = ("ragged", "capacity", "dense")
+AUX_LOSS_TYPES = ("batch", "sequence")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -46,10 +49,40 @@ class ModelConfig:
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   remat_policy: str = "none"
+  # --- mixture of experts (num_experts = 0: a dense model) ---
+  num_experts: int = 0                 # routed experts per MoE layer
+  num_experts_per_token: int = 2       # top-k
+  num_shared_experts: int = 0          # always-on experts (fused into one SwiGLU)
+  expert_mlp_dim: int = 0              # FFN width of each routed expert
+  shared_expert_mlp_dim: int = 0       # FFN width of each shared expert
+  shared_expert_gate: bool = False     # Qwen2-MoE: sigmoid(x @ w) scales the shared experts' output
+  first_dense_layers: int = 0          # the first k layers are dense (mlp_dim)
+  moe_layer_interval: int = 1          # after them every n-th layer is MoE (the others dense)
+  router_type: str = "softmax_topk"    # softmax_topk | topk_softmax (Mixtral) | sigmoid (DeepSeek-V3)
+  norm_topk_prob: bool = True          # renormalise the k routing weights to sum to 1
+  routed_scaling_factor: float = 1.0   # multiplies the routing weights
+  num_expert_groups: int = 1           # group-limited routing: experts in this many groups ...
+  top_expert_groups: int = 1           # ... of which the best this many are eligible
+  router_bias_update_rate: float = 0.0  # aux-loss-free balancing: selection-bias step per train step
+  aux_loss_coef: float = 0.0           # load-balancing loss coefficient (per MoE layer, summed)
+  aux_loss_type: str = "batch"         # batch (Switch/GShard) | sequence (per row, averaged)
+  router_z_loss_coef: float = 0.0      # router z-loss coefficient
+  capacity_factor: float = 0.0         # 0 = dropless; > 0: expert capacity (moe_impl=capacity)
+  moe_impl: str = "ragged"             # ragged (sorted, grouped matmul) | capacity (einsum) | dense (reference)
 
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def is_moe(self) -> bool:
+    return self.num_experts > 0
+
+  def layer_is_moe(self, layer: int) -> bool:
+    """Layers [0, first_dense_layers) are dense; after them every moe_layer_interval-th is MoE."""
+    if not self.is_moe or layer < self.first_dense_layers:
+      return False
+    return (layer - self.first_dense_layers) % self.moe_layer_interval == self.moe_layer_interval - 1
 
   @property
   def rope_scaling(self) -> dict[str, Any]:
@@ -120,9 +153,43 @@ class ModelConfig:
     ):
       if getattr(self, name) not in allowed:
         raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+    if self.is_moe:
+      self._validate_moe()
     if self.rope_theta <= 0:
       raise ConfigError(f"model.rope_theta must be positive, got {self.rope_theta}")
     return self
+
+  def _validate_moe(self) -> None:
+    k, experts = self.num_experts_per_token, self.num_experts
+    if not 1 <= k <= experts:
+      raise ConfigError(f"model.num_experts_per_token={k} must be in [1, model.num_experts={experts}]")
+    if self.expert_mlp_dim <= 0:
+      raise ConfigError(f"model.expert_mlp_dim={self.expert_mlp_dim} must be positive for an MoE model")
+    if self.num_shared_experts and self.shared_expert_mlp_dim <= 0:
+      raise ConfigError("model.num_shared_experts > 0 needs a positive model.shared_expert_mlp_dim")
+    if not 0 <= self.first_dense_layers <= self.num_layers:
+      raise ConfigError(f"model.first_dense_layers={self.first_dense_layers} must be in [0, model.num_layers]")
+    body = self.num_layers - self.first_dense_layers
+    if self.moe_layer_interval < 1 or body % self.moe_layer_interval:
+      raise ConfigError(
+          f"model.num_layers - model.first_dense_layers = {body} layers must be a multiple of "
+          f"model.moe_layer_interval={self.moe_layer_interval} (the layers are scanned in groups of it)")
+    groups, top = self.num_expert_groups, self.top_expert_groups
+    if groups < 1 or experts % groups or not 1 <= top <= groups:
+      raise ConfigError(f"model.num_expert_groups={groups} must divide model.num_experts={experts} and "
+                        f"model.top_expert_groups={top} must be in [1, {groups}]")
+    if top * (experts // groups) < k:
+      raise ConfigError(f"model.top_expert_groups={top} groups of {experts // groups} experts cannot hold "
+                        f"model.num_experts_per_token={k} choices")
+    for name, allowed in (("router_type", ROUTER_TYPES), ("moe_impl", MOE_IMPLS), ("aux_loss_type", AUX_LOSS_TYPES)):
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
+    if self.router_bias_update_rate and self.router_type != "sigmoid":
+      raise ConfigError("model.router_bias_update_rate (aux-loss-free balancing) needs model.router_type='sigmoid'")
+    if self.moe_impl == "capacity" and self.capacity_factor <= 0:
+      raise ConfigError("model.moe_impl='capacity' needs model.capacity_factor > 0 (e.g. 1.25)")
+    if self.capacity_factor < 0:
+      raise ConfigError(f"model.capacity_factor={self.capacity_factor} must be >= 0 (0 = dropless)")
 
 
 def _divisors(n: int) -> list[int]:

@@ -29,6 +29,20 @@ PRESETS: dict[str, ModelConfig] = {
     "yi_1p25b": dataclasses.replace(
         YI_6B, hidden_size=2048, num_layers=22, num_heads=16, num_kv_heads=4, mlp_dim=5632
     ),
+    # MoE for tests and the small experiments: 1 dense layer, then 16 experts top-2 + 1 shared
+    "moe_tiny": ModelConfig(
+        vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, head_dim=32,
+        mlp_dim=704, rope_theta=10_000.0, max_seq_len=1024, num_experts=16, num_experts_per_token=2,
+        num_shared_experts=1, expert_mlp_dim=128, shared_expert_mlp_dim=128, first_dense_layers=1,
+        router_type="softmax_topk", norm_topk_prob=True, aux_loss_coef=0.01,
+    ),
+    # the MoE benchmark model: ~2.3B total, ~0.4B active parameters
+    "moe_bench": dataclasses.replace(
+        YI_6B, hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=4, head_dim=64, mlp_dim=5632,
+        num_experts=64, num_experts_per_token=6, num_shared_experts=2, expert_mlp_dim=704,
+        shared_expert_mlp_dim=704, first_dense_layers=1, router_type="softmax_topk", norm_topk_prob=True,
+        aux_loss_coef=0.001,
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """FLOP accounting for MFU: 6N + 12·L·d·S training FLOPs per token.
 
-N counts every parameter (embeddings included, as the HF reference numbers in
-benchmarks/README.md do); 12·L·d·S is attention's score and value products
+N counts every parameter a token passes through (embeddings included, as the
+HF reference numbers in benchmarks/README.md do; for an MoE only the top-k
+routed experts); 12·L·d·S is attention's score and value products
 (forward + backward) at sequence length S, d = heads x head_dim.
 """
 
@@ -32,7 +33,7 @@ def train_flops_per_token(config: ModelConfig, seq_len: int, num_params: int | N
   if num_params is None:
     from yijax import models
 
-    num_params = models.param_count(config)["total"]
+    num_params = models.param_count(config)["active"]
   attention_width = config.num_heads * config.resolved_head_dim
   return 6.0 * num_params + 12.0 * config.num_layers * attention_width * seq_len
 

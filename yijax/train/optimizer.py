@@ -48,6 +48,18 @@ def decay_mask(params, no_decay=("norm", "embed")):
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+# parameters the optimizer never changes (updated by their own rule, e.g. in the train step)
+NOT_TRAINED = ("selection_bias",)
+
+
+def trainable_labels(params):
+  def label(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return "frozen" if any(word in name for word in NOT_TRAINED) else "trained"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = learning_rate_schedule(cfg, total_steps)
   parts = []
@@ -57,4 +69,5 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
       schedule, b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps),
       weight_decay=float(cfg.weight_decay), mask=lambda p: decay_mask(p, tuple(cfg.no_decay)),
   ))
-  return optax.chain(*parts), schedule
+  trained = optax.chain(*parts)
+  return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()}, trainable_labels), schedule

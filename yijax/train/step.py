@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from yijax import models, sharding
+from yijax.models import moe
 from yijax.models.config import ModelConfig
 from yijax.train import loss as losses
 
@@ -57,7 +58,7 @@ def init_state(config: ModelConfig, optimizer, mesh, rules, seed: int, params=No
 
 
 def batch_loss(config: ModelConfig, params, batch, z_loss: float, vocab_chunk: int):
-  """Sums over target tokens: (nll + z_loss * lse^2 + aux, (nll_sum, z_sum, aux, count))."""
+  """Sums over target tokens: (nll + z_loss * lse^2 + aux, (nll_sum, z_sum, aux losses, stats, count))."""
   hidden, aux = models.apply(config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
                              return_hidden=True, return_aux=True)
   targets, mask = losses.next_token_targets(batch["tokens"], batch["segment_ids"])
@@ -65,9 +66,9 @@ def batch_loss(config: ModelConfig, params, batch, z_loss: float, vocab_chunk: i
   nll, lse = losses.cross_entropy(hidden, models.head_kernel(params, config), targets, vocab_chunk)
   count = jnp.sum(mask)
   nll_sum, z_sum = jnp.sum(nll * mask), jnp.sum(jnp.square(lse) * mask)
-  aux_total = sum(aux.values()) if aux else jnp.float32(0)
+  aux_total = sum(aux["losses"].values()) if aux["losses"] else jnp.float32(0)
   total = nll_sum + z_loss * z_sum + aux_total * jnp.maximum(count, 1.0)
-  return total, (nll_sum, z_sum, aux, count)
+  return total, (nll_sum, z_sum, aux["losses"], aux["stats"], count)
 
 
 def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, vocab_chunk: int,
@@ -85,20 +86,17 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
 
   def train_step(state: TrainState, batch):
     if microbatches == 1:
-      grads, (nll_sum, z_sum, aux, count) = grads_of(state.params, batch)
+      grads, (nll_sum, z_sum, aux, stats, count) = grads_of(state.params, batch)
     else:
       split = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
+      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], split))
+      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
       def accumulate(carry, micro):
-        grads, (nll_sum, z_sum, aux, count) = grads_of(state.params, micro)
-        return jax.tree.map(jnp.add, carry, (grads, nll_sum, z_sum, aux, count)), None
+        return jax.tree.map(jnp.add, carry, grads_of(state.params, micro)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      aux_zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(state.params, jax.tree.map(
-          lambda x: x[0], split))[1][2]))
-      init = (zeros, jnp.float32(0), jnp.float32(0), aux_zero, jnp.float32(0))
-      (grads, nll_sum, z_sum, aux, count), _ = jax.lax.scan(accumulate, init, split)
-      aux = jax.tree.map(lambda a: a / microbatches, aux)
+      (grads, (nll_sum, z_sum, aux, stats, count)), _ = jax.lax.scan(accumulate, zeros, split)
+      aux, stats = jax.tree.map(lambda a: a / microbatches, (aux, stats))
     denominator = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     grad_norm = optax.global_norm(grads)
@@ -106,6 +104,8 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
     params = optax.apply_updates(state.params, updates)
+    if config.router_bias_update_rate:
+      params = moe.update_selection_bias(params, stats, config.router_bias_update_rate)
     keep = lambda new, old: jnp.where(finite, new, old)
     new_state = state.replace(
         step=state.step + 1,
@@ -115,6 +115,7 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
     metrics = {"loss": loss, "z_loss": z_sum / denominator, "grad_norm": grad_norm,
                "lr": schedule(state.step), "finite": finite.astype(jnp.int32), "target_tokens": count}
     metrics.update({f"aux/{k}": v for k, v in aux.items()})
+    metrics.update(moe.load_metrics(stats))
     return new_state, metrics
 
   return train_step
@@ -124,7 +125,7 @@ def make_eval_step(config: ModelConfig, vocab_chunk: int):
   """eval_step(params, batch) -> (nll_sum, count) over target tokens."""
 
   def eval_step(params, batch):
-    _, (nll_sum, _, _, count) = batch_loss(config, params, batch, 0.0, vocab_chunk)
+    _, (nll_sum, _, _, _, count) = batch_loss(config, params, batch, 0.0, vocab_chunk)
     return nll_sum, count
 
   return eval_step

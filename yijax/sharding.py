@@ -160,6 +160,8 @@ def shardings_for(boxed_abstract: Any, mesh: Mesh, rules=None) -> Any:
   shapes = nn.unbox(boxed_abstract)
 
   def one(spec, leaf):
+    if not hasattr(leaf, "shape"):  # an empty placeholder (optax MaskedNode): no arrays, no sharding
+      return leaf
     mesh_spec = logical_to_spec(tuple(spec), rules) if spec is not None else PartitionSpec()
     return NamedSharding(mesh, fit_spec(mesh_spec, leaf.shape, mesh))
 

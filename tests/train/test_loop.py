@@ -117,3 +117,23 @@ def test_bad_configs_fail_before_compiling(tmp_path, prepared_data, override, me
   with pytest.raises(ConfigError, match=message):
     loop.train(_config(prepared_data, **override), str(tmp_path / "bad"))
   assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_moe_trains_resumes_exactly_and_balances(tmp_path, prepared_data):
+  moe = {"model.num_experts": 8, "model.num_experts_per_token": 2, "model.expert_mlp_dim": 32,
+         "model.num_shared_experts": 1, "model.shared_expert_mlp_dim": 32, "model.first_dense_layers": 1,
+         "model.router_type": "sigmoid", "model.router_bias_update_rate": 0.01, "model.aux_loss_coef": 0.01,
+         "model.router_z_loss_coef": 0.001}
+  straight = tmp_path / "straight"
+  loop.train(_config(prepared_data, **moe), str(straight))
+  resumed = tmp_path / "resumed"
+  loop.train(_config(prepared_data, **moe, **{"train.stop_after": 3}), str(resumed))
+  loop.train(_config(prepared_data, **moe), str(resumed))
+  assert _losses(resumed) == _losses(straight)
+  record = json.loads(open(straight / "metrics.jsonl").readlines()[-1])
+  assert record["aux/load_balance"] > 0 and record["aux/router_z"] > 0
+  assert record["moe/load_max_over_mean/0"] >= 1.0
+  _, params = params_io.load_model(str(straight))
+  bias = np.asarray(params["moe_layers"]["mlp"]["selection_bias"])
+  assert bias.shape == (1, 8) and np.abs(bias).max() > 0  # aux-loss-free balancing moved it
+  np.testing.assert_allclose(np.abs(bias), 0.01 * np.round(np.abs(bias) / 0.01), atol=1e-6)

@@ -2,9 +2,11 @@
 
 Yi checkpoints on the Hub are `LlamaForCausalLM`; the early remote-code
 `YiForCausalLM` checkpoints differ only in the norm names (ln1/ln2), which are
-read too. Only safetensors are read (no pickle, no code from the model
-directory is run). Tensors are streamed one at a time into the stacked
-[layers, ...] arrays, so a conversion holds one copy of the model.
+read too. `MixtralForCausalLM` and `Qwen2MoeForCausalLM` (yijax MoE models)
+are dispatched to `yijax.convert.hf_moe`, which reuses these rules for
+attention, norms and dense layers. Only safetensors are read (no pickle, no
+code from the model directory is run). Tensors are streamed one at a time
+into the stacked [layers, ...] arrays, so a conversion holds one copy of the model.
 
 RoPE layout: Hugging Face q_proj/k_proj rows are already in the "rotate half"
 order that `yijax.models.rope` uses, so they are only transposed/reshaped:
@@ -115,11 +117,16 @@ def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
+  from yijax.convert import hf_moe
+
+  if hf_moe.is_moe_hf(hf):
+    return hf_moe.config_from_hf(hf, source)
   archs = hf.get("architectures") or []
   if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and hf.get("model_type") not in ("llama", "Yi"):
     raise ConversionError(
         f"{source}: architectures={archs} model_type={hf.get('model_type')!r} is not supported; "
-        f"yijax converts Llama-architecture models ({', '.join(SUPPORTED_ARCHITECTURES)})"
+        f"yijax converts Llama-architecture models ({', '.join(SUPPORTED_ARCHITECTURES)}) and the MoE "
+        f"models {', '.join(hf_moe.ARCHITECTURES)}"
     )
   for flag in ("attention_bias", "mlp_bias"):
     if hf.get(flag):
@@ -164,6 +171,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
 
 
 def config_to_hf(config: ModelConfig, dtype: str, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
+  """The config.json of a dense yijax model (MoE models: `hf_moe.config_to_hf`)."""
   scaling = None
   if config.rope_type != "default":
     scaling = {"rope_type": config.rope_type, **config.rope_scaling}
@@ -257,7 +265,12 @@ def read_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
   if not os.path.exists(config_path):
     raise ConversionError(f"{hf_dir}: no config.json")
   with open(config_path) as f:
-    config = config_from_hf(json.load(f), config_path)
+    hf_config = json.load(f)
+  from yijax.convert import hf_moe
+
+  if hf_moe.is_moe_hf(hf_config):
+    return hf_moe.read_hf(hf_dir, hf_config, config_path, dtype)
+  config = config_from_hf(hf_config, config_path)
   reader = SafetensorsReader(hf_dir)
   available = {_norm_aliases(n): n for n in reader.names() if not n.endswith(IGNORED_SUFFIXES)}
   expected = expected_hf_shapes(config)
@@ -332,7 +345,7 @@ class _Staging:
 
 
 def hf_to_yijax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool = False) -> ModelConfig:
-  """Converts an HF Llama/Yi directory into a yijax model directory at `out`."""
+  """Converts an HF Llama/Yi (or Mixtral / Qwen2-MoE) directory into a yijax model directory at `out`."""
   config, params = read_hf(hf_dir, dtype)
   with _Staging(out, overwrite) as staging:
     params_io.save_model(staging, params, config)
@@ -345,6 +358,16 @@ def hf_to_yijax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
 # ----------------------------------------------------------------------------- yijax -> HF
 
 
+def _dense_tensors(config: ModelConfig, params: dict, out_dtype: str):
+  """(name, tensor) of a dense model, rule by rule, one layer slice at a time."""
+  for rule in tensor_rules(config):
+    value = np.asarray(_get(params, rule.path))
+    slices = [(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)] if rule.layered \
+        else [(rule.hf_name, value)]
+    for name, tensor in slices:
+      yield name, np.ascontiguousarray(rule.to_hf(tensor, config).astype(_np_dtype(out_dtype)))
+
+
 def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,
                 overwrite: bool = False, bos_id: int = 1, eos_id: int = 2) -> str:
   """Writes `config.json` and (sharded) safetensors for a yijax model directory."""
@@ -354,6 +377,14 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
   model_dir = os.path.dirname(location.params_dir)
   config, params = params_io.load_model(ckpt, as_numpy=True)
   out_dtype = dtype or str(np.asarray(params["embed"]["embedding"]).dtype)
+  if config.is_moe:
+    from yijax.convert import hf_moe
+
+    hf_config = hf_moe.config_to_hf(config, out_dtype, bos_id, eos_id)  # refuses before anything is written
+    tensors = hf_moe.hf_tensors(config, params, out_dtype)
+  else:
+    hf_config = config_to_hf(config, out_dtype, bos_id, eos_id)
+    tensors = _dense_tensors(config, params, out_dtype)
   with _Staging(out, overwrite) as staging:
     weight_map: dict[str, str] = {}
     shard: dict[str, np.ndarray] = {}
@@ -368,16 +399,11 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
         weight_map.update({k: name for k in shard})
         shard, shard_bytes = {}, 0
 
-    for rule in tensor_rules(config):
-      value = np.asarray(_get(params, rule.path))
-      slices = [(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)] if rule.layered \
-          else [(rule.hf_name, value)]
-      for name, tensor in slices:
-        tensor = np.ascontiguousarray(rule.to_hf(tensor, config).astype(_np_dtype(out_dtype)))
-        if shard_bytes and shard_bytes + tensor.nbytes > max_shard_bytes:
-          flush()
-        shard[name] = tensor
-        shard_bytes += tensor.nbytes
+    for name, tensor in tensors:
+      if shard_bytes and shard_bytes + tensor.nbytes > max_shard_bytes:
+        flush()
+      shard[name] = tensor
+      shard_bytes += tensor.nbytes
     flush()
     if len(shard_names) == 1:
       os.replace(os.path.join(staging, shard_names[0]), os.path.join(staging, "model.safetensors"))
@@ -390,7 +416,7 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
           "metadata": {"total_size": total},
           "weight_map": {k: renamed[v] for k, v in weight_map.items()},
       })
-    params_io.write_json(os.path.join(staging, "config.json"), config_to_hf(config, out_dtype, bos_id, eos_id))
+    params_io.write_json(os.path.join(staging, "config.json"), hf_config)
     params_io.write_json(os.path.join(staging, "generation_config.json"),
                          {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False})
     for name in TOKENIZER_FILES:

@@ -87,15 +87,15 @@ class Generator:
 
   def _prefill_fn(self, params, cache, tokens, lengths, key, temperature, top_k, top_p):
     self.trace_counts["prefill"] += 1
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    index = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    positions = jnp.where(index < lengths[:, None], index, -1)  # padding: position -1, never cached
     logits, cache = models.apply(self.config, params, tokens, positions, cache=cache)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     return sample_logits(last, key, temperature, top_k, top_p), cache
 
-  def _decode_fn(self, params, cache, first, lengths, key, max_new, stop_ids, temperature, top_k, top_p):
+  def _decode_fn(self, params, cache, out, first, lengths, key, max_new, stop_ids, temperature, top_k, top_p):
     self.trace_counts["decode"] += 1
-    batch, budget = first.shape[0], cache["k"].shape[2]
-    out = jnp.zeros((batch, budget), jnp.int32).at[:, 0].set(first)
+    out = out.at[:, 0].set(first)
     done = jnp.any(first[:, None] == stop_ids[None, :], axis=-1)
 
     def cond(state):
@@ -139,7 +139,8 @@ class Generator:
     key_prefill, key_decode = jax.random.split(jax.random.key(seed))
     cache = models.init_cache(self.config, len(prompts), cache_len, self.cache_dtype)
     first, cache = self._prefill(self.params, cache, jnp.asarray(tokens), lengths, key_prefill, *knobs)
-    out, steps = self._decode(self.params, cache, first, lengths, key_decode, jnp.int32(max_new_tokens),
+    buffer = jnp.zeros((len(prompts), cache_len), jnp.int32)
+    out, steps = self._decode(self.params, cache, buffer, first, lengths, key_decode, jnp.int32(max_new_tokens),
                               jnp.asarray(stops), *knobs)
     out = np.asarray(out)[:, : int(steps)]
     results = []

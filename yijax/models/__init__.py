@@ -18,6 +18,7 @@ import numpy as np
 
 from yijax import sharding
 from yijax.models.config import ConfigError, ModelConfig
+from yijax.models import transformer
 from yijax.models.transformer import Transformer, head_kernel
 
 __all__ = [
@@ -85,10 +86,8 @@ def head_logits(config: ModelConfig, params: Any, hidden):
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache: {"k", "v"} of [layers, batch, max_len, kv_heads, head_dim]."""
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
-  dtype = jnp.dtype(dtype or config.dtype)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  """An empty KV cache (a pytree shaped like the layer stacks; see transformer.init_cache)."""
+  return transformer.init_cache(config, batch, max_len, jnp.dtype(dtype or config.dtype))
 
 
 def param_count(config: ModelConfig) -> dict[str, Any]:

@@ -12,11 +12,14 @@ import difflib
 import json
 from typing import Any, Mapping
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
+CONTEXT_PARALLEL = ("auto", "ring", "allgather", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 ROUTER_TYPES = ("softmax_topk", "topk_softmax", "sigmoid")
-MOE_IMPLS = ("ragged", "capacity", "dense")
+# dropless grouped-matmul paths (yijax/models/grouped_matmul.py), then the einsum ones
+GROUPED_MATMUL_IMPLS = ("ragged", "tokamax", "tokamax_triton", "tokamax_mosaic", "padded", "pallas")
+MOE_IMPLS = GROUPED_MATMUL_IMPLS + ("capacity", "dense")
 AUX_LOSS_TYPES = ("batch", "sequence")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -48,7 +51,14 @@ class ModelConfig:
   dtype: str = "float32"  # activations / compute
   param_dtype: str = "float32"
   attention_impl: str = "auto"
+  # with the length sharded over the `sequence` mesh axis: ring | allgather attention;
+  # auto = ring; none = leave the sharded kernel to XLA's partitioner
+  context_parallel: str = "auto"
   remat_policy: str = "none"
+  # --- hybrid attention (Yi-Lightning) ---
+  attention_pattern: str = ""          # per-layer kinds repeated over the layers: F = full, S = sliding
+  sliding_window: int = 0              # tokens a sliding layer sees (itself included)
+  kv_share_group: int = 1              # consecutive layers sharing the first one's K/V (1 = none)
   # --- mixture of experts (num_experts = 0: a dense model) ---
   num_experts: int = 0                 # routed experts per MoE layer
   num_experts_per_token: int = 2       # top-k
@@ -68,7 +78,8 @@ class ModelConfig:
   aux_loss_type: str = "batch"         # batch (Switch/GShard) | sequence (per row, averaged)
   router_z_loss_coef: float = 0.0      # router z-loss coefficient
   capacity_factor: float = 0.0         # 0 = dropless; > 0: expert capacity (moe_impl=capacity)
-  moe_impl: str = "ragged"             # ragged (sorted, grouped matmul) | capacity (einsum) | dense (reference)
+  moe_impl: str = "ragged"             # dropless grouped matmul: ragged | tokamax[_triton|_mosaic] | padded | pallas;
+                                       # capacity (einsum, drops overflow) | dense (reference)
 
   @property
   def resolved_head_dim(self) -> int:
@@ -83,6 +94,16 @@ class ModelConfig:
     if not self.is_moe or layer < self.first_dense_layers:
       return False
     return (layer - self.first_dense_layers) % self.moe_layer_interval == self.moe_layer_interval - 1
+
+  def layer_window(self, layer: int) -> int:
+    """The sliding window of a layer (0 = full attention)."""
+    if not self.attention_pattern:
+      return 0
+    return self.sliding_window if self.attention_pattern[layer % len(self.attention_pattern)] == "S" else 0
+
+  def layer_spec(self, layer: int) -> tuple[bool, int, bool]:
+    """(is MoE, sliding window, owns its K/V) of a layer."""
+    return self.layer_is_moe(layer), self.layer_window(layer), layer % self.kv_share_group == 0
 
   @property
   def rope_scaling(self) -> dict[str, Any]:
@@ -146,6 +167,7 @@ class ModelConfig:
       raise ConfigError(f"head dim {self.resolved_head_dim} must be even for rotary embeddings")
     for name, allowed in (
         ("attention_impl", ATTENTION_IMPLS),
+        ("context_parallel", CONTEXT_PARALLEL),
         ("remat_policy", REMAT_POLICIES),
         ("rope_type", ROPE_TYPES),
         ("dtype", DTYPES),
@@ -155,9 +177,25 @@ class ModelConfig:
         raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")
     if self.is_moe:
       self._validate_moe()
+    self._validate_attention_layout()
     if self.rope_theta <= 0:
       raise ConfigError(f"model.rope_theta must be positive, got {self.rope_theta}")
     return self
+
+  def _validate_attention_layout(self) -> None:
+    pattern, group = self.attention_pattern, self.kv_share_group
+    if pattern and set(pattern) - {"F", "S"}:
+      raise ConfigError(f"model.attention_pattern={pattern!r} may only hold F (full) and S (sliding)")
+    if "S" in pattern and self.sliding_window <= 0:
+      raise ConfigError("model.attention_pattern has sliding layers (S): set model.sliding_window > 0")
+    if group < 1 or self.num_layers % group or (self.is_moe and self.first_dense_layers % group):
+      raise ConfigError(f"model.kv_share_group={group} must divide model.num_layers={self.num_layers}"
+                        + (" and model.first_dense_layers" if self.is_moe else ""))
+    for start in range(0, self.num_layers, group):
+      windows = {self.layer_window(i) for i in range(start, start + group)}
+      if len(windows) > 1:
+        raise ConfigError(f"layers {start}..{start + group - 1} share K/V (model.kv_share_group={group}) but mix "
+                          f"full and sliding attention; align model.attention_pattern={pattern!r} with the groups")
 
   def _validate_moe(self) -> None:
     k, experts = self.num_experts_per_token, self.num_experts

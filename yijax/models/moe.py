@@ -11,9 +11,13 @@ groups (group score: max for softmax, sum of the top two for sigmoid).
 
 Dispatch (`moe_impl`), all computing the same function when nothing is dropped:
   ragged    dropless: token copies sorted by expert, grouped matmuls (lax.ragged_dot)
+  tokamax, tokamax_triton, tokamax_mosaic, padded, pallas
+            dropless like ragged, the grouped matmuls by another implementation
+            (yijax/models/grouped_matmul.py: tokamax kernels, block-aligned
+            padding into batched matmuls, a Pallas Triton kernel)
   capacity  GShard einsum dispatch into [experts, capacity] slots; overflow dropped
   dense     every expert on every token, weighted by the (sparse) routing: the test reference
-With an `expert` mesh axis > 1 the ragged path runs under shard_map: each device
+With an `expert` mesh axis > 1 the dropless paths run under shard_map: each device
 keeps its experts and token copies travel to them and back with all-to-all.
 
 Per MoE layer the block sows into "losses" (load_balance, router_z, already
@@ -30,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from yijax import sharding
-from yijax.models.config import ModelConfig
+from yijax.models.config import GROUPED_MATMUL_IMPLS, ModelConfig
+from yijax.models.grouped_matmul import gmm
 from yijax.models.layers import Linear, dtype_of
 from yijax.models.mlp import SwiGLU
 
@@ -108,20 +113,21 @@ def router_z_loss(logits, mask):
 # ---------------------------------------------------------------------------- expert compute
 
 
-def _swiglu_rows(x, wi_gate, wi_up, wo, group_sizes):
-  gate = jax.lax.ragged_dot(x, wi_gate, group_sizes)
-  up = jax.lax.ragged_dot(x, wi_up, group_sizes)
-  return jax.lax.ragged_dot(nn.silu(gate) * up, wo, group_sizes)
+def _swiglu_rows(x, wi_gate, wi_up, wo, group_sizes, impl):
+  gate = gmm(x, wi_gate, group_sizes, impl)
+  up = gmm(x, wi_up, group_sizes, impl)
+  return gmm(nn.silu(gate) * up, wo, group_sizes, impl)
 
 
-def experts_ragged(x, experts, weights, wi_gate, wi_up, wo):
-  """Dropless: x [t, d]; each token's k copies sorted by expert through grouped matmuls."""
+def experts_ragged(x, experts, weights, wi_gate, wi_up, wo, impl: str = "ragged"):
+  """Dropless: x [t, d]; each token's k copies sorted by expert through grouped
+  matmuls (`impl`: one of GROUPED_MATMUL_IMPLS)."""
   t, k = experts.shape
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)
   token_of = order // k
   group_sizes = jnp.bincount(flat, length=wi_gate.shape[0]).astype(jnp.int32)
-  y = _swiglu_rows(x[token_of], wi_gate, wi_up, wo, group_sizes)  # [t*k, d] in sorted order
+  y = _swiglu_rows(x[token_of], wi_gate, wi_up, wo, group_sizes, impl)  # [t*k, d] in sorted order
   y = y * weights.reshape(-1)[order][:, None].astype(y.dtype)
   return jnp.zeros_like(x).at[token_of].add(y)
 
@@ -156,7 +162,8 @@ def experts_capacity(x, experts, weights, wi_gate, wi_up, wo, capacity_factor: f
   return jnp.einsum("tec,ecd->td", combine, ye), dropped
 
 
-def experts_all_to_all(x, experts, weights, wi_gate, wi_up, wo, axis: str, capacity_factor: float):
+def experts_all_to_all(x, experts, weights, wi_gate, wi_up, wo, axis: str, capacity_factor: float,
+                       impl: str = "ragged"):
   """Expert parallelism (inside shard_map): local tokens x [t, d], local experts [E/ep, ...].
 
   Each token copy goes to the device owning its expert in a fixed-size buffer
@@ -184,7 +191,7 @@ def experts_all_to_all(x, experts, weights, wi_gate, wi_up, wo, axis: str, capac
   rows = recv.reshape(-1, x.shape[1])
   row_order = jnp.argsort(recv_expert, stable=True)  # invalid rows (id = local_experts) last
   group_sizes = jnp.bincount(recv_expert, length=local_experts + 1)[:local_experts].astype(jnp.int32)
-  y_sorted = _swiglu_rows(rows[row_order], wi_gate, wi_up, wo, group_sizes)
+  y_sorted = _swiglu_rows(rows[row_order], wi_gate, wi_up, wo, group_sizes, impl)
   y = jnp.zeros_like(y_sorted).at[row_order].set(y_sorted).reshape(ep, capacity, -1)
   back = jax.lax.all_to_all(y, axis, 0, 0, tiled=True)
   back = jnp.concatenate([back, jnp.zeros_like(back[:, :1])], axis=1)  # the discarded slot
@@ -247,16 +254,17 @@ class MoEBlock(nn.Module):
   def _dispatch(self, tokens, experts, weights, wi_gate, wi_up, wo):
     cfg = self.config
     mesh = sharding.active_mesh()
-    if mesh is not None and mesh.shape.get("expert", 1) > 1 and cfg.moe_impl == "ragged":
-      return _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, cfg.capacity_factor)
+    dropless = cfg.moe_impl in GROUPED_MATMUL_IMPLS
+    if mesh is not None and mesh.shape.get("expert", 1) > 1 and dropless:
+      return _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, cfg.capacity_factor, cfg.moe_impl)
     if cfg.moe_impl == "capacity":
       return experts_capacity(tokens, experts, weights, wi_gate, wi_up, wo, cfg.capacity_factor)
     if cfg.moe_impl == "dense":
       return experts_dense(tokens, experts, weights, wi_gate, wi_up, wo), None
-    return experts_ragged(tokens, experts, weights, wi_gate, wi_up, wo), None
+    return experts_ragged(tokens, experts, weights, wi_gate, wi_up, wo, cfg.moe_impl), None
 
 
-def _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, capacity_factor):
+def _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, capacity_factor, impl="ragged"):
   from jax.sharding import PartitionSpec as P
 
   from yijax.models.attention import _shard_map
@@ -269,7 +277,7 @@ def _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, capacit
   token_spec = P(batch_axes)
 
   def local(x, ex, w, g, u, o):
-    y, dropped = experts_all_to_all(x, ex, w, g, u, o, "expert", capacity_factor)
+    y, dropped = experts_all_to_all(x, ex, w, g, u, o, "expert", capacity_factor, impl)
     return y, jax.lax.pmean(dropped, batch_axes)
 
   y, dropped = _shard_map(

@@ -50,18 +50,24 @@ def remat_policy(name: str):
 
 
 class DecoderBlock(nn.Module):
-  """Pre-norm block (SwiGLU or MoE MLP); returns (x, new_cache) so it runs under nn.scan."""
+  """Pre-norm block: attention (full or sliding, own or shared K/V), then SwiGLU or MoE.
+
+  Under nn.scan it returns (x, new_cache); inside a PeriodBlock it also
+  returns its K/V view (return_view) for the layers that share it.
+  """
 
   config: ModelConfig
   moe: bool = False
+  window: int = 0
+  owns_kv: bool = True
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, cache):
+  def __call__(self, x, positions, segment_ids, cache, shared=None, return_view=False):
     cfg = self.config
     norm = dict(eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     x = sharding.constrain(x, ("batch", "length", "embed"))
-    attn_out, new_cache = Attention(cfg, name="attention")(
-        RMSNorm(name="attention_norm", **norm)(x), positions, segment_ids, cache
+    attn_out, new_cache, view = Attention(cfg, self.window, self.owns_kv, name="attention")(
+        RMSNorm(name="attention_norm", **norm)(x), positions, segment_ids, cache, shared
     )
     x = x + attn_out
     h = RMSNorm(name="mlp_norm", **norm)(x)
@@ -71,46 +77,83 @@ class DecoderBlock(nn.Module):
       mlp_out = SwiGLU(cfg.hidden_size, cfg.mlp_dim, init_std=cfg.init_std, dtype=cfg.dtype,
                        param_dtype=cfg.param_dtype, name="mlp")(h)
     x = sharding.constrain(x + mlp_out, ("batch", "length", "embed"))
-    return x, new_cache
+    return (x, new_cache, view) if return_view else (x, new_cache)
 
 
 class PeriodBlock(nn.Module):
-  """Consecutive blocks of different kinds scanned as one step (e.g. dense, dense, MoE)."""
+  """Consecutive blocks of different kinds scanned as one step (e.g. sliding,
+  sliding, full; or dense, MoE), passing shared K/V to the layers that reuse it."""
 
   config: ModelConfig
-  kinds: tuple = ()
+  specs: tuple = ()  # per block: (moe, window, owns_kv)
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, cache):
-    new_caches = []
-    for j, moe in enumerate(self.kinds):
-      layer_cache = None if cache is None else jax.tree.map(lambda a: a[j], cache)
-      x, new = DecoderBlock(self.config, moe, name=f"block_{j}")(x, positions, segment_ids, layer_cache)
-      new_caches.append(new)
-    if cache is None:
-      return x, None
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
+    new_cache, view = {}, None
+    for j, (moe, window, owns_kv) in enumerate(self.specs):
+      name = f"block_{j}"
+      layer_cache = cache[name] if cache is not None and owns_kv else None
+      x, layer_new, layer_view = DecoderBlock(self.config, moe, window, owns_kv, name=name)(
+          x, positions, segment_ids, layer_cache, None if owns_kv else view, return_view=True)
+      if owns_kv:
+        view = layer_view
+        if cache is not None:
+          new_cache[name] = layer_new
+    return x, (new_cache if cache is not None else None)
 
 
-def layer_stacks(config: ModelConfig) -> list[tuple[str, type, dict, int, int]]:
-  """(name, block class, block kwargs, scan length, layers per step) of each scanned stack.
+def _period(specs: list, group: int) -> int:
+  """The shortest period (a multiple of the KV-sharing group) that repeats `specs` exactly."""
+  for p in range(group, len(specs) + 1, group):
+    if len(specs) % p == 0 and all(specs[i] == specs[i % p] for i in range(len(specs))):
+      return p
+  return len(specs)
 
-  Dense: one stack `layers`. MoE: `layers` (the first dense layers, if any)
-  then `moe_layers`, whose step is one MoE block, or a PeriodBlock of
-  moe_layer_interval blocks ending with the MoE one.
+
+def layer_stacks(config: ModelConfig) -> list[tuple[str, type, dict, int, tuple]]:
+  """(name, block class, block kwargs, scan length, per-layer specs of one step) per scanned stack.
+
+  A dense model is one stack `layers`; an MoE model `layers` (its first dense
+  layers, if any) then `moe_layers`. A stack whose layers differ (MoE every
+  n-th layer, an attention pattern, KV sharing) scans a PeriodBlock of one period.
   """
-  if not config.is_moe:
-    return [("layers", DecoderBlock, {"moe": False}, config.num_layers, 1)]
+  bounds = [(0, config.num_layers, "layers")]
+  if config.is_moe:
+    first = config.first_dense_layers
+    bounds = ([(0, first, "layers")] if first else []) + [(first, config.num_layers, "moe_layers")]
   stacks = []
-  if config.first_dense_layers:
-    stacks.append(("layers", DecoderBlock, {"moe": False}, config.first_dense_layers, 1))
-  period = config.moe_layer_interval
-  reps = (config.num_layers - config.first_dense_layers) // period
-  if period == 1:
-    stacks.append(("moe_layers", DecoderBlock, {"moe": True}, reps, 1))
-  else:
-    stacks.append(("moe_layers", PeriodBlock, {"kinds": (False,) * (period - 1) + (True,)}, reps, period))
+  for start, end, name in bounds:
+    specs = [config.layer_spec(i) for i in range(start, end)]
+    period = _period(specs, config.kv_share_group)
+    step = tuple(specs[:period])
+    if period == 1:
+      moe, window, _ = step[0]
+      stacks.append((name, DecoderBlock, {"moe": moe, "window": window}, end - start, step))
+    else:
+      stacks.append((name, PeriodBlock, {"specs": step}, (end - start) // period, step))
   return stacks
+
+
+def _layer_cache(config: ModelConfig, window: int, length: int, batch: int, max_len: int, dtype):
+  slots = window or max_len
+  shape = (length, batch, slots, config.num_kv_heads, config.resolved_head_dim)
+  cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  if window:
+    cache["pos"] = jnp.full((length, batch, window), -1, jnp.int32)
+  return cache
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype) -> dict:
+  """An empty KV cache shaped like the stacks: full layers hold max_len slots,
+  sliding layers a window-sized ring buffer, layers sharing K/V nothing."""
+  cache = {}
+  for name, block, kwargs, length, step in layer_stacks(config):
+    if block is DecoderBlock:
+      cache[name] = _layer_cache(config, step[0][1], length, batch, max_len, dtype)
+    else:
+      cache[name] = {f"block_{j}": _layer_cache(config, window, length, batch, max_len, dtype)
+                     for j, (_, window, owns_kv) in enumerate(step) if owns_kv}
+  return cache
 
 
 class Transformer(nn.Module):
@@ -140,6 +183,7 @@ class Transformer(nn.Module):
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, name=name, **kwargs))
     self.stacks = stacks
+    self.stack_names = [name for name, *_ in layer_stacks(cfg)]
     self.final_norm = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.lm_head = Linear(
@@ -151,18 +195,11 @@ class Transformer(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     x = sharding.constrain(self.embed(tokens), ("batch", "length", "embed"))
-    new_caches, start = [], 0
-    for stack, (_, _, _, length, per_step) in zip(self.stacks, layer_stacks(self.config)):
-      layers = length * per_step
-      stack_cache = None if cache is None else jax.tree.map(
-          lambda a: a[start:start + layers].reshape((length, per_step) + a.shape[1:]) if per_step > 1
-          else a[start:start + layers], cache)
-      x, stack_new = stack(x, positions, segment_ids, stack_cache)
+    new_cache = None if cache is None else {}
+    for name, stack in zip(self.stack_names, self.stacks):
+      x, stack_cache = stack(x, positions, segment_ids, None if cache is None else cache[name])
       if cache is not None:
-        new_caches.append(jax.tree.map(lambda a: a.reshape((layers,) + a.shape[2:]) if per_step > 1 else a,
-                                       stack_new))
-      start += layers
-    new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.concatenate(a), *new_caches)
+        new_cache[name] = stack_cache
     x = self.final_norm(x)
     out = x if return_hidden else self.logits(x)
     return out if cache is None else (out, new_cache)

@@ -1,7 +1,5 @@
 """Yi-Lightning hybrid attention: sliding-window layers, cross-layer KV sharing, their caches."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +19,7 @@ HYBRID = ModelConfig(vocab_size=97, hidden_size=32, num_layers=8, num_heads=4, n
 
 
 def test_sliding_window_equals_transformers_mistral(tmp_path):
-  from transformers import MistralConfig, MistralForCausalLM
+  from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
   torch.manual_seed(0)
   model = MistralForCausalLM(MistralConfig(
@@ -29,20 +27,29 @@ def test_sliding_window_equals_transformers_mistral(tmp_path):
       num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, sliding_window=7,
       attn_implementation="eager")).eval()
   model.save_pretrained(str(tmp_path / "hf"))
-  config_path = tmp_path / "hf" / "config.json"
-  values = json.loads(config_path.read_text())
-  values.update(architectures=["LlamaForCausalLM"], model_type="llama")  # same tensors, Llama names
-  config_path.write_text(json.dumps(values))
   hf.hf_to_yijax(str(tmp_path / "hf"), str(tmp_path / "yx"))
   config, params = params_io.load_model(str(tmp_path / "yx"))
-  config = config.replace(attention_pattern="S", sliding_window=7)
+  assert (config.attention_pattern, config.sliding_window) == ("S", 7)
   tokens = np.random.default_rng(0).integers(0, 97, (2, 30))
   with torch.no_grad():
     ref = model(torch.tensor(tokens)).logits.numpy()
   out = np.asarray(models.apply(config, params, tokens))
   assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
-  full = np.asarray(models.apply(config.replace(attention_pattern=""), params, tokens))
+  full = np.asarray(models.apply(config.replace(attention_pattern="", sliding_window=0), params, tokens))
   assert np.abs(full[:, 10:] - ref[:, 10:]).max() > 1e-3  # the window really matters here
+  hf.yijax_to_hf(str(tmp_path / "yx"), str(tmp_path / "hf2"))
+  reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf2"), attn_implementation="eager").eval()
+  assert type(reloaded).__name__ == "MistralForCausalLM"
+  with torch.no_grad():
+    np.testing.assert_array_equal(reloaded(torch.tensor(tokens)).logits.numpy(), ref)
+
+
+def test_hybrid_layouts_without_a_transformers_twin_are_not_exported(tmp_path):
+  params = models.init_params(HYBRID, jax.random.key(0))
+  params_io.save_model(str(tmp_path / "yx"), params, HYBRID)
+  with pytest.raises(hf.ConversionError, match="no Hugging Face Llama-family equivalent"):
+    hf.yijax_to_hf(str(tmp_path / "yx"), str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists()
 
 
 def _rms(x, scale, eps):

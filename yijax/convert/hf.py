@@ -31,7 +31,7 @@ import numpy as np
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.train import params_io
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "YiForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "YiForCausalLM", "MistralForCausalLM")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -122,7 +122,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
   if hf_moe.is_moe_hf(hf):
     return hf_moe.config_from_hf(hf, source)
   archs = hf.get("architectures") or []
-  if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and hf.get("model_type") not in ("llama", "Yi"):
+  if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and hf.get("model_type") not in ("llama", "Yi", "mistral"):
     raise ConversionError(
         f"{source}: architectures={archs} model_type={hf.get('model_type')!r} is not supported; "
         f"yijax converts Llama-architecture models ({', '.join(SUPPORTED_ARCHITECTURES)}) and the MoE "
@@ -146,6 +146,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
   scaling.pop("type", None)
   scaling.update(rope_params)
   dtype = str(hf.get("dtype") or hf.get("torch_dtype") or "float32")
+  window = hf.get("sliding_window") or 0  # Mistral: every layer sees its last `sliding_window` tokens
+  if window >= hf.get("max_position_embeddings", 4096):
+    window = 0
   config = ModelConfig(
       vocab_size=hf["vocab_size"],
       hidden_size=hf["hidden_size"],
@@ -162,6 +165,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       init_std=hf.get("initializer_range", 0.02),
       param_dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "float32",
+      attention_pattern="S" if window else "",
+      sliding_window=window,
   )
   try:
     config.validate()
@@ -171,13 +176,21 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
 
 
 def config_to_hf(config: ModelConfig, dtype: str, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
-  """The config.json of a dense yijax model (MoE models: `hf_moe.config_to_hf`)."""
+  """The config.json of a dense yijax model (MoE models: `hf_moe.config_to_hf`): Llama,
+  or Mistral when every layer is sliding-window; other hybrid layouts have no HF twin."""
+  sliding = bool(config.attention_pattern) and set(config.attention_pattern) == {"S"}
+  if (config.attention_pattern and not sliding) or config.kv_share_group > 1:
+    raise ConversionError(
+        f"model.attention_pattern={config.attention_pattern!r} / model.kv_share_group={config.kv_share_group} "
+        "has no Hugging Face Llama-family equivalent (only all-full = Llama and all-sliding = Mistral export)")
   scaling = None
   if config.rope_type != "default":
     scaling = {"rope_type": config.rope_type, **config.rope_scaling}
+  extra = {"sliding_window": config.sliding_window} if sliding else {}
   return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
+      "architectures": ["MistralForCausalLM" if sliding else "LlamaForCausalLM"],
+      "model_type": "mistral" if sliding else "llama",
+      **extra,
       "vocab_size": config.vocab_size,
       "hidden_size": config.hidden_size,
       "intermediate_size": config.mlp_dim,

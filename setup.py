@@ -30,8 +30,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "protobuf>=4.25", "lm_eval[hf]>=0.4.5"],
-        "gpu": ["jax[cuda13]>=0.5.0"],
+        "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=4.45", "protobuf>=4.25", "lm_eval[hf]>=0.4.5",
+                 "tokamax>=0.0.12"],
+        "gpu": ["jax[cuda13]>=0.5.0", "tokamax>=0.0.12"],
         "tpu": ["jax[tpu]>=0.5.0"],
     },
     entry_points={"console_scripts": ["yijax=yijax.cli:entry_point"]},

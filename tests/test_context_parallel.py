@@ -68,3 +68,40 @@ def test_context_parallel_matches_single_device(reference, mesh_shape, mode):
     assert "collective-permute" in hlo and "all-gather" not in hlo
   else:
     assert "all-gather" in hlo
+
+
+@pytest.mark.parametrize("mode", ["ring", "allgather"])
+def test_one_kv_head_over_tensor_with_a_sliding_window(mode):
+  """MQA with heads over tensor=4 (the single K/V head is replicated and picked per device),
+  a sliding window, the kernel alone: value and gradients equal the XLA reference."""
+  rng = np.random.default_rng(1)
+  b, s, heads, d, window = 2, 32, 4, 8, 6
+  q, weights = (jnp.asarray(rng.normal(size=(b, s, heads, d)), jnp.float32) for _ in range(2))
+  k, v = (jnp.asarray(rng.normal(size=(b, s, 1, d)), jnp.float32) for _ in range(2))
+  segments = jnp.asarray(np.repeat([[1] * 13 + [2] * 19], b, 0), jnp.int32)
+  index = jnp.broadcast_to(jnp.arange(s), (b, s))
+  mask = attention.causal_segment_mask(index, index, segments, segments, window)
+  loss = lambda fn: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * weights), argnums=(0, 1, 2)))
+  ref_value, ref_grads = loss(lambda q, k, v: attention.xla_attention(q, k, v, mask, d ** -0.5))(q, k, v)
+  with sharding.use_mesh(sharding.make_mesh({"sequence": 2, "tensor": 4})):
+    value, grads = loss(lambda q, k, v: context_parallel.context_parallel_attention(
+        q, k, v, segments, d ** -0.5, mode, window=window, block=4))(q, k, v)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_when_context_parallelism_applies_and_its_length_error():
+  shape = (8, 64, 4, 16)
+  assert context_parallel.context_parallel_mode("auto", shape) is None  # no mesh
+  with sharding.use_mesh(sharding.make_mesh({"data": 8})):
+    assert context_parallel.context_parallel_mode("ring", shape) is None  # length not sharded
+  with sharding.use_mesh(sharding.make_mesh({"sequence": 8})):
+    assert context_parallel.context_parallel_mode("auto", shape) == "ring"
+    assert context_parallel.context_parallel_mode("allgather", shape) == "allgather"
+    assert context_parallel.context_parallel_mode("none", shape) is None
+    x = jnp.zeros((2, 40, 4, 16))  # 40 = 8 x 5: sharded, but not into 16 zig-zag chunks
+    with pytest.raises(ValueError, match="not divisible by 16"):
+      context_parallel.context_parallel_attention(x, x, x, None, 0.25)
+  with pytest.raises(ConfigError, match="context_parallel"):
+    CONFIG.replace(context_parallel="zigzag").validate()

@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("raw text / JSONL / TFDS -> token-id ArrayRecord shards (parallel, resumable)", "prepare"),
     "tokenizer": Command("train: a sentencepiece tokenizer with Yi's settings (files / embedded corpus)", "tokenizer"),
     "eval": Command("perplexity / bits per byte on prepared data, multiple-choice accuracy", "eval"),
+    "experiment": Command("run a study: every stage of experiments/<study>/config.py:<scale>, resumable",
+                          "experiment"),
     "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
 }
 

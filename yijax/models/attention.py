@@ -6,7 +6,7 @@ Kernels (`attention_impl`):
   splash  Pallas splash attention (TPU; interpret mode elsewhere, for tests)
   blockwise  flash attention in pure JAX, memory linear in length (`blockwise.py`)
   auto    cudnn on GPU, splash on TPU; elsewhere xla below
-          `blockwise.BLOCKWISE_MIN_LENGTH` (2048) tokens, blockwise from there on
+          `blockwise.BLOCKWISE_MIN_LENGTH` (1024) tokens, blockwise from there on
 
 With the length sharded over the `sequence` mesh axis, attention is context
 parallel instead (`config.context_parallel`: ring or allgather, see

@@ -37,8 +37,7 @@ MODES = ("ring", "allgather")
 
 def _fitted_spec(names, shape):
   """The PartitionSpec `sharding.constrain` would give an array of this shape on the active mesh."""
-  active = sharding._ACTIVE.get()  # (mesh, rules) of `sharding.use_mesh`
-  mesh, rules = active
+  mesh, rules = sharding._ACTIVE.get()  # the (mesh, rules) `sharding.use_mesh` set
   return sharding.fit_spec(sharding.logical_to_spec(names, rules), shape, mesh)
 
 
@@ -114,10 +113,14 @@ def context_parallel_attention(q, k, v, segment_ids, scale, mode="ring", *, wind
   if mode not in MODES:
     raise ValueError(f"context parallel mode {mode!r} is not one of {MODES}")
   mesh = sharding.active_mesh()
+  if mesh is None:
+    raise ValueError("context parallelism needs an active mesh: call it inside `sharding.use_mesh(mesh)`")
   b, s, heads, _ = q.shape
   q_spec = _fitted_spec(("batch", "length", "heads", "head_dim"), q.shape)
   kv_spec = _fitted_spec(("batch", "length", "kv_heads", "head_dim"), k.shape)
   seq = _axes(q_spec[1])
+  if not seq:
+    raise ValueError(f"the length of q {q.shape} is not sharded on the active mesh: nothing to parallelize")
   n = math.prod(mesh.shape[a] for a in seq)
   if s % (2 * n):
     raise ValueError(f"context parallelism cuts the sequence into 2 x {n} zig-zag chunks (mesh axes {seq}): "
@@ -130,14 +133,14 @@ def context_parallel_attention(q, k, v, segment_ids, scale, mode="ring", *, wind
   group = heads // k.shape[2]
   if segment_ids is None:
     segment_ids = jnp.ones((b, s), jnp.int32)
-  options = dict(window=window, block=block)
 
   def local(q, k, v, seg):
     if not heads_match:
       k, v = _local_kv_heads(k, v, q.shape[2], group, head_axes[0] if len(head_axes) == 1 else head_axes)
     zigzag = lambda x: _to_zigzag(x, axis, n)
     if mode == "ring":
-      out = blockwise.ring_attention(zigzag(q), zigzag(k), zigzag(v), zigzag(seg), axis, n, scale, **options)
+      out = blockwise.ring_attention(zigzag(q), zigzag(k), zigzag(v), zigzag(seg), axis, n, scale,
+                                     window=window, block=block)
     else:
       gather = lambda x: jax.lax.all_gather(x, axis, axis=1, tiled=True)
       r, c = jax.lax.axis_index(axis), q.shape[1] // 2

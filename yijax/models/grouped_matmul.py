@@ -38,13 +38,16 @@ PADDED_BLOCK_SIZE = 256  # rows per block of the `padded` layout (the benchmark 
 
 @dataclasses.dataclass(frozen=True)
 class PallasConfig:
-  """Tile sizes of the `pallas` kernels (powers of two, >= 16 for Triton's dot)."""
+  """Tile sizes of the `pallas` kernels (powers of two, >= 16 for Triton's dot).
+  block_m/n/k tile y = x @ w (and dx); the dw kernel writes block_dw x block_dw
+  tiles of dw, reducing over its group's rows block_m at a time."""
 
   block_m: int = 128
   block_n: int = 128
   block_k: int = 64
   num_warps: int = 8
   num_stages: int = 3
+  block_dw: int = 128
 
 
 def gmm(x, w, group_sizes, impl: str = "ragged", *, block_size: int | None = None,
@@ -312,8 +315,8 @@ def _tgmm_call(x, dy, group_sizes, out_dtype, config: PallasConfig, interpret: b
   """dw [g, k, n]: per group x_g^T @ dy_g (rows past the sum contribute nothing)."""
   (m, k), n, g = x.shape, dy.shape[1], group_sizes.shape[0]
   block_m = config.block_m
-  block_k, k_pad = _fit(k, config.block_k)
-  block_n, n_pad = _fit(n, config.block_n)
+  block_k, k_pad = _fit(k, config.block_dw)
+  block_n, n_pad = _fit(n, config.block_dw)
   m_pad = _round_up(m, block_m)
   starts, ends = _group_bounds(group_sizes, m)
   kernel = functools.partial(_tgmm_kernel, block_m=block_m, block_k=block_k, block_n=block_n)

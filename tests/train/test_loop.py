@@ -54,12 +54,20 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path, prepared_data):
     loop.train(_config(prepared_data, **{"train.steps": 4, "model.mlp_dim": 96}), str(workdir))
 
 
-def test_keep_policy_keeps_last_k_and_every_m(tmp_path, prepared_data):
+def test_keep_policy_keeps_last_k_every_m_and_log_spaced(tmp_path, prepared_data):
+  from yijax.train.checkpoint import log_spaced_steps
+
   workdir = tmp_path / "keep"
   loop.train(_config(prepared_data, **{"train.steps": 12, "checkpoint.every_steps": 1, "checkpoint.keep_last": 2,
                                        "checkpoint.keep_every": 5}), str(workdir))
   steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
   assert steps == [5, 10, 11, 12]
+  assert log_spaced_steps(1000, 4) == [1, 10, 100, 1000]
+  logged = tmp_path / "log_spaced"
+  loop.train(_config(prepared_data, **{"train.steps": 16, "checkpoint.every_steps": 100, "checkpoint.keep_last": 1,
+                                       "checkpoint.keep_log_spaced": 5}), str(logged))
+  steps = sorted(int(s) for s in os.listdir(logged / "checkpoints") if s.isdigit())
+  assert steps == [1, 2, 4, 8, 16]
 
 
 def test_non_finite_steps_halt_and_keep_the_last_good_checkpoint(tmp_path, prepared_data):

@@ -11,7 +11,9 @@ Items of a step:
 orbax writes each step into a temporary directory and renames it when every
 item is committed, so a step dir is either complete or absent: a process
 killed mid-save leaves nothing that `latest_complete_step` would pick.
-Keep policy: the newest `keep_last` steps plus every multiple of `keep_every`.
+Keep policy: the newest `keep_last` steps, every multiple of `keep_every`, and
+`keep_log_spaced` log-spaced steps (saved and kept: dense early checkpoints
+for checkpoint-dynamics studies).
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ def _handlers() -> dict:
   }
 
 
+def log_spaced_steps(total_steps: int, count: int) -> list[int]:
+  """About `count` distinct steps spread evenly in log space over [1, total_steps]."""
+  if count <= 0 or total_steps <= 0:
+    return []
+  import numpy as np
+
+  return sorted({int(s) for s in np.round(np.geomspace(1, total_steps, count))})
+
+
 def latest_complete_step(checkpoints_dir: str) -> int | None:
   """The newest committed step under a checkpoints dir (temporary dirs ignored)."""
   steps = []
@@ -86,16 +97,28 @@ def latest_complete_step(checkpoints_dir: str) -> int | None:
 class RunCheckpointer:
   """Saves and restores a run's composite checkpoints (cfg: the `checkpoint` section)."""
 
-  def __init__(self, workdir: str, cfg):
+  def __init__(self, workdir: str, cfg, total_steps: int = 0):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.every = int(cfg.every_steps)
+    self.log_spaced = set(log_spaced_steps(total_steps, int(cfg.get("keep_log_spaced", 0))))
+    from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
+
+    policies = [keep.LatestN(max(int(cfg.keep_last), 1))]
+    if int(cfg.keep_every):
+      policies.append(keep.EveryNSteps(int(cfg.keep_every)))
+    if self.log_spaced:
+      policies.append(keep.CustomSteps(sorted(self.log_spaced)))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(cfg.keep_last), 1),
-        keep_period=int(cfg.keep_every) or None,
+        preservation_policy=keep.AnyPreservationPolicy(policies),
         enable_async_checkpointing=bool(cfg.async_save),
         create=True,
         cleanup_tmp_directories=True,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+
+  def due(self, step: int, last: int) -> bool:
+    """Whether a checkpoint is written after `step` (the schedule plus the log-spaced steps)."""
+    return step % self.every == 0 or step == last or step in self.log_spaced
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -61,6 +61,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 50    # save every N steps (and at the end, and on SIGTERM)
   c.checkpoint.keep_last = 3       # keep the newest K checkpoints
   c.checkpoint.keep_every = 0      # also keep every step divisible by M forever (0 = none)
+  c.checkpoint.keep_log_spaced = 0  # also save and keep ~N log-spaced steps over the run (dense early)
   c.checkpoint.async_save = True   # write in the background while training continues
 
   c.eval = ml_collections.ConfigDict()

@@ -85,7 +85,7 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
 
   optimizer, schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
   abstract, shardings, logical = step_lib.state_shardings(model_config, optimizer, mesh, rules, config.train.seed)
-  checkpointer = ckpt_lib.RunCheckpointer(workdir, config.checkpoint)
+  checkpointer = ckpt_lib.RunCheckpointer(workdir, config.checkpoint, config.train.steps)
   data_sharding = sharding.data_sharding(mesh, rules)
   per_process = config.train.batch_size // jax.process_count()
   iterator = pipeline.train_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
@@ -169,7 +169,7 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
           checkpointer.wait()
           print(f"preempted: saved step {step_number} to {checkpointer.directory}; rerun to resume", flush=True)
           return {"preempted": True, "step": step_number, **last}
-        if step_number % config.checkpoint.every_steps == 0 or step_number == end:
+        if checkpointer.due(step_number, end):
           save(step_number)
     final_evals = {}
     if end == config.train.steps and (evaluate or evaluators) and start < end:

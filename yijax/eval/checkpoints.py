@@ -1,0 +1,165 @@
+"""Evaluation over a run's checkpoints (or a directory of converted released checkpoints).
+
+  yijax eval --run_dir=DIR --tasks=arith,facts,bpb_code [--steps=100,200]
+
+Every kept checkpoint is evaluated on every task; each (checkpoint, task,
+metric) becomes one JSON line of DIR/eval/checkpoints.jsonl with the step,
+tokens seen and training FLOPs so far. Killed and rerun, it neither repeats
+nor skips a pair: a (checkpoint, task) counts as done when all of its lines
+are there (each line records how many its task wrote), and a torn last line
+is dropped.
+
+A directory of converted Hugging Face checkpoints (`yijax convert` outputs,
+e.g. the intermediate checkpoints a paper released) works the same way; the
+checkpoints are ordered by tokens seen, read from each one's meta.json
+(`tokens_seen`) or from its name (`tokens-4.2B`, `4200B_tokens`, `step-1000`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Sequence
+
+from yijax.train import flops, params_io
+
+RESULTS = os.path.join("eval", "checkpoints.jsonl")
+UNITS = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  name: str          # the key in the results (step number or directory name)
+  path: str          # a model dir / checkpoint step dir
+  step: int | None
+  tokens_seen: float | None
+  flops: float | None
+
+
+def _tokens_from_name(name: str) -> float | None:
+  for pattern in (r"tokens?[-_]?(\d+(?:\.\d+)?)([KMBGT]?)", r"(\d+(?:\.\d+)?)([KMBGT]?)[-_]?tokens?"):
+    match = re.search(pattern, name, flags=re.IGNORECASE)
+    if match:
+      return float(match.group(1)) * UNITS[match.group(2).upper()]
+  return None
+
+
+def _step_from_name(name: str) -> int | None:
+  match = re.search(r"(?:step|iter|ckpt)[-_]?(\d+)", name, flags=re.IGNORECASE) or re.fullmatch(r"(\d+)", name)
+  return int(match.group(1)) if match else None
+
+
+def list_checkpoints(path: str) -> list[CheckpointInfo]:
+  """A run dir's kept checkpoints, or a directory of model dirs, in training order."""
+  path = os.path.abspath(path)
+  run_checkpoints = os.path.join(path, "checkpoints")
+  if os.path.isdir(run_checkpoints):
+    config = json.load(open(os.path.join(path, "config.json")))
+    out = []
+    for name in sorted((n for n in os.listdir(run_checkpoints) if n.isdigit()), key=int):
+      step_dir = os.path.join(run_checkpoints, name)
+      if not os.path.isdir(os.path.join(step_dir, "params")):
+        continue
+      meta_path = os.path.join(step_dir, "meta", "metadata")
+      meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+      model = params_io.read_model_config(step_dir)
+      per_token = flops.train_flops_per_token(model, config["train"]["seq_len"])
+      tokens = meta.get("tokens_seen")
+      out.append(CheckpointInfo(name, step_dir, int(name), tokens, None if tokens is None else tokens * per_token))
+    return out
+  out = []
+  for name in sorted(os.listdir(path)):
+    model_dir = os.path.join(path, name)
+    if not os.path.isdir(model_dir):
+      continue
+    try:
+      params_io.locate_model(model_dir)
+    except params_io.CheckpointError:
+      continue
+    meta_path = os.path.join(model_dir, "meta.json")
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    tokens = meta.get("tokens_seen", _tokens_from_name(name))
+    step = meta.get("step", _step_from_name(name))
+    flop = meta.get("flops")
+    if flop is None and tokens is not None:
+      flop = tokens * flops.train_flops_per_token(params_io.read_model_config(model_dir), meta.get("seq_len", 4096))
+    out.append(CheckpointInfo(name, model_dir, step, tokens, flop))
+  if not out:
+    raise params_io.CheckpointError(f"{path} holds no checkpoints (a run dir or a directory of yijax model dirs)")
+  unordered = [c.name for c in out if c.tokens_seen is None and c.step is None]
+  if unordered:
+    raise params_io.CheckpointError(
+        f"cannot order {unordered[:3]} by training progress: give each a meta.json with tokens_seen "
+        "(or step), or a name like tokens-4.2B / step-1000")
+  return sorted(out, key=lambda c: (c.tokens_seen if c.tokens_seen is not None else c.step, c.name))
+
+
+def read_done(results_path: str) -> set[tuple[str, str]]:
+  """(checkpoint, task) pairs whose lines are all present; a torn last line is dropped from the file."""
+  if not os.path.exists(results_path):
+    return set()
+  lines, counts, expected = [], {}, {}
+  with open(results_path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a write cut short by a kill
+      lines.append(line if line.endswith("\n") else line + "\n")
+      key = (record["checkpoint"], record["task"])
+      counts[key] = counts.get(key, 0) + 1
+      expected[key] = record["n_metrics"]
+  with open(results_path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(results_path + ".tmp", results_path)
+  return {key for key, n in counts.items() if n == expected[key]}
+
+
+def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None = None,
+                         steps: Sequence[int] | None = None, seed: int = 0, tokenizer_path: str | None = None,
+                         options: dict | None = None) -> str:
+  """Evaluates every (checkpoint, task) not yet in the results file; returns its path."""
+  from yijax.data.tokenizer import Tokenizer
+  from yijax.eval import tasks as task_lib
+
+  checkpoints = list_checkpoints(path)
+  if steps:
+    checkpoints = [c for c in checkpoints if c.step in set(steps)]
+  out_path = out_path or os.path.join(path, RESULTS)
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  done = read_done(out_path)
+  for info in checkpoints:
+    pending = [t for t in tasks if (info.name, t) not in done]
+    if not pending:
+      continue
+    location = params_io.locate_model(info.path)
+    tok_path = tokenizer_path or location.tokenizer or _run_tokenizer(path)
+    if tok_path is None:
+      raise params_io.CheckpointError(f"{info.path}: no tokenizer.model; pass --tokenizer")
+    tokenizer = Tokenizer(tok_path)
+    config, params = params_io.load_model(info.path)
+    config = config.replace(remat_policy="none")
+    for task in pending:
+      metrics = task_lib.evaluate_tasks(config, params, tokenizer, [task], seed=seed, **(options or {}))[task]
+      base = {"checkpoint": info.name, "step": info.step, "tokens_seen": info.tokens_seen, "flops": info.flops,
+              "task": task, "n_metrics": len(metrics)}
+      block = "".join(json.dumps({**base, "metric": k, "value": float(v)}) + "\n" for k, v in metrics.items())
+      with open(out_path, "a") as f:
+        f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+      print(f"[eval] {info.name} {task}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()),
+            flush=True)
+  return out_path
+
+
+def _run_tokenizer(path: str) -> str | None:
+  candidate = os.path.join(path, params_io.TOKENIZER)
+  return candidate if os.path.exists(candidate) else None
+
+
+def load_results(results_path: str) -> list[dict]:
+  with open(results_path) as f:
+    return [json.loads(line) for line in f if line.strip()]

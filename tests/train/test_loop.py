@@ -145,3 +145,34 @@ def test_moe_trains_resumes_exactly_and_balances(tmp_path, prepared_data):
   bias = np.asarray(params["moe_layers"]["mlp"]["selection_bias"])
   assert bias.shape == (1, 8) and np.abs(bias).max() > 0  # aux-loss-free balancing moved it
   np.testing.assert_allclose(np.abs(bias), 0.01 * np.round(np.abs(bias) / 0.01), atol=1e-6)
+
+
+def test_frozen_layers_stay_put_and_relative_updates_are_logged(tmp_path, prepared_data):
+  base = tmp_path / "base"
+  loop.train(_config(prepared_data, **{"train.steps": 2}), str(base))
+  _, start = params_io.load_model(str(base))
+  run = tmp_path / "frozen"
+  loop.train(_config(prepared_data, **{"train.init_from": str(base), "optimizer.freeze_layers": [0],
+                                       "eval.batches": 1, "eval.every_steps": 3, "eval.relative_update_k": 1,
+                                       "train.steps": 6}), str(run))
+  _, params = params_io.load_model(str(run))
+  for name, leaf in jax.tree_util.tree_flatten_with_path(params["layers"])[0]:
+    before = jax.tree_util.tree_flatten_with_path(start["layers"])[0]
+    ref = dict((jax.tree_util.keystr(p), v) for p, v in before)[jax.tree_util.keystr(name)]
+    np.testing.assert_array_equal(leaf[0], ref[0])  # layer 0 frozen
+    assert not np.array_equal(leaf[1], ref[1])      # layer 1 trained
+  records = [json.loads(line) for line in open(run / "eval.jsonl")]
+  assert [r["step"] for r in records] == [3, 6]
+  assert records[-1]["relative_update/all/0"] == 0.0 and records[-1]["relative_update/all/1"] > 0
+  assert records[-1]["relative_update/bottom_over_top"] == 0.0
+  assert records[0]["relative_update/attention/1"] < records[1]["relative_update/attention/1"]
+
+
+def test_batch_grows_when_the_held_out_loss_stalls(tmp_path, prepared_data):
+  run = tmp_path / "growth"
+  loop.train(_config(prepared_data, **{"train.steps": 8, "eval.batches": 1, "eval.every_steps": 2,
+                                       "train.batch_growth.factor": 2, "train.batch_growth.patience": 1,
+                                       "train.batch_growth.min_delta": 100.0}), str(run))
+  sizes = [json.loads(line)["batch_size"] for line in open(run / "metrics.jsonl")]
+  # evals at 2, 4, 6: the first sets the best loss, then every stall doubles the batch
+  assert sizes == [8, 8, 8, 8, 16, 16, 32, 32]

@@ -47,7 +47,7 @@ def test_microbatches_give_the_same_update():
   np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(new1.params), jax.tree.leaves(new2.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)  # Adam's first step ~ lr * sign(grad)
-  assert int(new1.step) == 1 and float(m1["target_tokens"]) == 4 * (9 + 13)
+  assert int(new1.step) == 1 and float(m1["denominator"]) == 4 * (9 + 13)  # target tokens
 
 
 def test_loss_decreases_on_a_repeated_batch():

@@ -151,7 +151,7 @@ def plot_curves(by_size: dict[str, dict], path: str, x: str = "tokens") -> None:
 def plot_matrix(keys: list, matrix: np.ndarray, path: str, title: str) -> None:
   plt = _plt()
   labels = [f"{t}/{m}" for t, m in keys]
-  fig, ax = plt.subplots(figsize=(1 + 0.55 * len(keys), 0.8 + 0.5 * len(keys)))
+  fig, ax = plt.subplots(figsize=(max(4.0, 1 + 0.55 * len(keys)), max(3.5, 0.8 + 0.5 * len(keys))))
   image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdYlGn")
   ax.set_xticks(range(len(keys)), labels, rotation=60, ha="right", fontsize=8)
   ax.set_yticks(range(len(keys)), labels, fontsize=8)

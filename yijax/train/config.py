@@ -36,6 +36,12 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.train.init_from = ""           # model dir / run dir to start from (continual pretraining); "" = scratch
   c.train.progress_bar = True      # tqdm bar with tokens/s and ETA (process 0)
   c.train.stop_after = 0           # end this invocation after N steps (0 = run to train.steps); resumable
+  c.train.objective = "lm"         # "lm" or "package.module:function" (train/objectives.py)
+  c.train.reference_from = ""      # model dir of a frozen reference model the objective reads ("" = none)
+  # grow the batch (x factor, by accumulating more iterator batches per step) when the held-out
+  # loss has not improved by min_delta for `patience` evaluations (Yi-9B); factor 1 = off
+  c.train.batch_growth = ml_collections.ConfigDict(
+      {"factor": 1, "patience": 2, "min_delta": 0.0, "max_batch_size": 0})
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3            # peak learning rate
@@ -51,6 +57,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   # parameters whose path contains one of these words get no weight decay
   c.optimizer.no_decay = ("norm", "embed")
   c.optimizer.clip_norm = 1.0      # global-norm gradient clipping (0 = off)
+  c.optimizer.freeze_layers = []   # layer indices whose parameters are never updated
 
   # mesh axis sizes; one may be -1 (= the remaining devices)
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1, "expert": 1})
@@ -69,6 +76,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.batches = 4               # held-out batches per evaluation (0 = no eval)
   c.eval.batch_size = 8
   c.eval.multiple_choice = []      # JSONL files scored at each evaluation (context/choices/answer)
+  c.eval.relative_update_k = 0     # > 0: log each layer's ||W - W0|| / ||W0|| and the bottom-k / top-k ratio
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = "auto"   # auto | true | false: call jax.distributed.initialize

@@ -27,7 +27,7 @@ from yijax import models, sharding
 from yijax.models.config import ConfigError
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
-from yijax.train import validation
+from yijax.train import layerwise, validation
 
 Evaluator = Callable[[Any, int], dict]
 
@@ -112,12 +112,33 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     state = step_lib.init_state(model_config, optimizer, mesh, rules, config.train.seed, params)
   start = int(resume_step or 0)
 
-  train_step = step_lib.make_train_step(model_config, optimizer, schedule, config.train.z_loss,
-                                        config.train.vocab_chunk, config.train.microbatches)
-  with sharding.use_mesh(mesh, rules):
-    step_fn = jax.jit(train_step, in_shardings=(shardings, data_sharding),
-                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  freeze = None
+  if config.optimizer.freeze_layers:
+    freeze = layerwise.freeze_mask(model_config, abstract.params, config.optimizer.freeze_layers)
+  reference = None
+  if config.train.reference_from:
+    reference = _load_initial_params(config.train.reference_from, model_config, shardings.params, abstract, logical)
+  growth = BatchGrowth(config, meta)
+  step_fns: dict[int, Any] = {}
+
+  def step_fn_for(accumulate: int):
+    """The jitted step for `accumulate` iterator batches per step (compiled once per value)."""
+    if accumulate not in step_fns:
+      train_step = step_lib.make_train_step(
+          model_config, optimizer, schedule, config.train.z_loss, config.train.vocab_chunk,
+          config.train.microbatches * accumulate, config.train.objective, freeze)
+      with sharding.use_mesh(mesh, rules):
+        step_fns[accumulate] = jax.jit(
+            train_step, in_shardings=(shardings, data_sharding, None if reference is None else shardings.params),
+            out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return step_fns[accumulate]
+
   evaluate = _held_out_evaluator(config, model_config, mesh, rules, shardings.params, plan)
+  initial_params = None
+  if config.eval.relative_update_k and evaluate is not None:
+    initial_params = jax.device_get(_initial_params(config, model_config, optimizer, mesh, rules, shardings,
+                                                    abstract, logical, state if resume_step is None else None))
+    evaluate = _with_relative_update(evaluate, model_config, initial_params, config.eval.relative_update_k)
   writer = metrics_lib.MetricsWriter(workdir, start)
   per_token_flops = flops.train_flops_per_token(model_config, config.train.seq_len)
   end = config.train.steps if not config.train.stop_after else min(config.train.steps, start + config.train.stop_after)
@@ -136,14 +157,17 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   try:
     with _Preemption() as preemption:
       for step_number in range(start + 1, end + 1):
-        local = next(iterator)
+        parts = [next(iterator) for _ in range(growth.accumulate)]
+        local = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         batch = _batch_to_device(local, data_sharding)
         with sharding.use_mesh(mesh, rules):
-          state, step_metrics = step_fn(state, batch)
+          state, step_metrics = step_fn_for(growth.accumulate)(state, batch, reference)
         step_metrics = jax.device_get(step_metrics)
         real_tokens = int(np.sum(np.asarray(local["segment_ids"]) != 0)) * jax.process_count()
         meta["tokens_seen"] += real_tokens
-        tokens_per_s, step_time = throughput.tick(config.train.batch_size * config.train.seq_len)
+        tokens_per_s, step_time = throughput.tick(
+            growth.accumulate * config.train.batch_size * config.train.seq_len)
+        step_metrics["batch_size"] = growth.accumulate * config.train.batch_size
         if step_metrics["finite"]:
           meta["nonfinite_in_a_row"] = 0
         else:
@@ -163,7 +187,9 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
               f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
               "Lower optimizer.lr, raise warmup, or check the data")
         if evaluate and eval_every and step_number % eval_every == 0 and step_number != end:
-          writer.write(step_number, _run_evals(evaluate, evaluators, state.params, step_number), metrics_lib.EVAL_FILE)
+          results = _run_evals(evaluate, evaluators, state.params, step_number)
+          growth.observe(results.get("loss"))
+          writer.write(step_number, results, metrics_lib.EVAL_FILE)
         if preemption.requested or checkpointer.reached_preemption(step_number):
           save(step_number)
           checkpointer.wait()
@@ -180,6 +206,55 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     progress.close()
     writer.close()
     checkpointer.close()
+
+
+class BatchGrowth:
+  """Grows the batch by train.batch_growth.factor when the held-out loss stops falling.
+
+  The step then draws `accumulate` iterator batches (so the data stream and its
+  saved state stay those of the base batch); the state lives in the checkpoint meta."""
+
+  def __init__(self, config, meta: dict):
+    self.cfg = config.train.batch_growth
+    self.base = config.train.batch_size
+    self.meta = meta
+    meta.setdefault("batch_accumulate", 1)
+    meta.setdefault("growth_best_loss", None)
+    meta.setdefault("growth_stale", 0)
+
+  @property
+  def accumulate(self) -> int:
+    return int(self.meta["batch_accumulate"])
+
+  def observe(self, loss) -> None:
+    if loss is None or self.cfg.factor <= 1:
+      return
+    best = self.meta["growth_best_loss"]
+    if best is None or loss < best - self.cfg.min_delta:
+      self.meta["growth_best_loss"], self.meta["growth_stale"] = loss, 0
+      return
+    self.meta["growth_stale"] += 1
+    grown = self.accumulate * self.cfg.factor
+    if self.meta["growth_stale"] >= self.cfg.patience and (
+        not self.cfg.max_batch_size or grown * self.base <= self.cfg.max_batch_size):
+      self.meta["batch_accumulate"], self.meta["growth_stale"] = grown, 0
+      print(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}", flush=True)
+
+
+def _initial_params(config, model_config, optimizer, mesh, rules, shardings, abstract, logical, state):
+  """W_0 of the run: its init_from model, or its seeded initialization (recomputed on resume)."""
+  if state is not None:
+    return state.params
+  if config.train.init_from:
+    return _load_initial_params(config.train.init_from, model_config, shardings.params, abstract, logical)
+  return step_lib.init_state(model_config, optimizer, mesh, rules, config.train.seed).params
+
+
+def _with_relative_update(evaluate, model_config, initial, k: int):
+  def evaluate_and_measure(params) -> dict:
+    return {**evaluate(params), **layerwise.relative_update(model_config, jax.device_get(params), initial, k)}
+
+  return evaluate_and_measure
 
 
 def _run_evals(evaluate, evaluators, params, step: int) -> dict:

@@ -14,7 +14,7 @@ import optax
 from yijax import models, sharding
 from yijax.models import moe
 from yijax.models.config import ModelConfig
-from yijax.train import loss as losses
+from yijax.train import objectives
 
 
 @flax.struct.dataclass
@@ -57,51 +57,46 @@ def init_state(config: ModelConfig, optimizer, mesh, rules, seed: int, params=No
   return jax.jit(from_params, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
-def batch_loss(config: ModelConfig, params, batch, z_loss: float, vocab_chunk: int):
-  """Sums over target tokens: (nll + z_loss * lse^2 + aux, (nll_sum, z_sum, aux losses, stats, count))."""
-  hidden, aux = models.apply(config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
-                             return_hidden=True, return_aux=True)
-  targets, mask = losses.next_token_targets(batch["tokens"], batch["segment_ids"])
-  mask = mask.astype(jnp.float32)
-  nll, lse = losses.cross_entropy(hidden, models.head_kernel(params, config), targets, vocab_chunk)
-  count = jnp.sum(mask)
-  nll_sum, z_sum = jnp.sum(nll * mask), jnp.sum(jnp.square(lse) * mask)
-  aux_total = sum(aux["losses"].values()) if aux["losses"] else jnp.float32(0)
-  total = nll_sum + z_loss * z_sum + aux_total * jnp.maximum(count, 1.0)
-  return total, (nll_sum, z_sum, aux["losses"], aux["stats"], count)
-
-
 def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, vocab_chunk: int,
-                    microbatches: int):
-  """train_step(state, batch) -> (state, metrics); one update from `microbatches` passes.
+                    microbatches: int, objective: str = "lm", freeze_mask=None):
+  """train_step(state, batch, reference=None) -> (state, metrics); one update from `microbatches` passes.
 
-  Gradients are summed over microbatches and divided by the total number of
-  target tokens, so any microbatch count gives the same update. A step whose
-  loss, gradient norm or update norm is not finite leaves params and optimizer untouched
-  (metrics["finite"] = 0).
+  The objective (objectives.py) returns summed losses and a denominator;
+  gradients are summed over microbatches and divided by the summed
+  denominator, so any microbatch count gives the same update. A step whose
+  loss, gradient norm or update norm is not finite leaves params and
+  optimizer untouched (metrics["finite"] = 0). freeze_mask: a pytree like the
+  params of 0/1 arrays broadcastable to each parameter (layer freezing).
   """
+  objective_fn = objectives.resolve(objective)
+  options = {"z_loss": z_loss, "vocab_chunk": vocab_chunk}
 
-  def grads_of(params, batch):
-    return jax.grad(lambda p: batch_loss(config, p, batch, z_loss, vocab_chunk), has_aux=True)(params)
+  def grads_of(params, batch, reference):
+    def f(p):
+      total, denominator, sums, aux = objective_fn(config, p, batch, reference, options)
+      return total, (denominator, sums, aux["losses"], aux["stats"])
+    return jax.grad(f, has_aux=True)(params)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, reference=None):
     if microbatches == 1:
-      grads, (nll_sum, z_sum, aux, stats, count) = grads_of(state.params, batch)
+      grads, (denominator, sums, aux, stats) = grads_of(state.params, batch, reference)
     else:
       split = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
-      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], split))
+      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], split), reference)
       zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
       def accumulate(carry, micro):
-        return jax.tree.map(jnp.add, carry, grads_of(state.params, micro)), None
+        return jax.tree.map(jnp.add, carry, grads_of(state.params, micro, reference)), None
 
-      (grads, (nll_sum, z_sum, aux, stats, count)), _ = jax.lax.scan(accumulate, zeros, split)
+      (grads, (denominator, sums, aux, stats)), _ = jax.lax.scan(accumulate, zeros, split)
       aux, stats = jax.tree.map(lambda a: a / microbatches, (aux, stats))
-    denominator = jnp.maximum(count, 1.0)
+    denominator = jnp.maximum(denominator, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     grad_norm = optax.global_norm(grads)
-    loss = nll_sum / denominator
+    loss = sums["loss"] / denominator
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    if freeze_mask is not None:
+      updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, freeze_mask)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
     params = optax.apply_updates(state.params, updates)
     if config.router_bias_update_rate:
@@ -112,8 +107,8 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
     )
-    metrics = {"loss": loss, "z_loss": z_sum / denominator, "grad_norm": grad_norm,
-               "lr": schedule(state.step), "finite": finite.astype(jnp.int32), "target_tokens": count}
+    metrics = {k: v / denominator for k, v in sums.items()}
+    metrics.update({"denominator": denominator, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite.astype(jnp.int32)})
     metrics.update({f"aux/{k}": v for k, v in aux.items()})
     metrics.update(moe.load_metrics(stats))
     return new_state, metrics
@@ -125,8 +120,7 @@ def make_eval_step(config: ModelConfig, vocab_chunk: int):
   """eval_step(params, batch) -> (nll_sum, count) over target tokens."""
 
   def eval_step(params, batch):
-    _, (nll_sum, _, _, _, count) = batch_loss(config, params, batch, 0.0, vocab_chunk)
-    return nll_sum, count
+    return objectives.evaluate_nll(config, params, batch, vocab_chunk)
 
   return eval_step
 

@@ -37,6 +37,11 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("perplexity / bits per byte on prepared data, multiple-choice accuracy", "eval"),
     "experiment": Command("run a study: every stage of experiments/<study>/config.py:<scale>, resumable",
                           "experiment"),
+    "launch": Command("tpu | slurm: run the same `yijax train` on every host of a TPU pod or GPU cluster "
+                      "(--dry_run prints the commands)", "launch"),
+    "surgery": Command("grow a dense model in depth: --stack | --interpolate | --yi_upscale | --layer_order",
+                       "surgery"),
+    "analyze": Command("layer-cosine: per-layer input/output cosine of a model (Yi's up-scaling rule)", "analyze"),
     "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
 }
 

@@ -189,6 +189,8 @@ def maybe_initialize_distributed(
 
   enabled: True, False or "auto" (initialize when a coordinator is given or
   when running on a TPU VM pod / SLURM job, where JAX finds its peers itself).
+  Arguments left unset fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID, so plain multi-node runs need no per-host config.
   """
   import os
 
@@ -204,6 +206,11 @@ def maybe_initialize_distributed(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, ValueError):
     pass
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  if num_processes is None:
+    num_processes = _env_int("JAX_NUM_PROCESSES", "the number of processes in the job, e.g. 2")
+  if process_id is None:
+    process_id = _env_int("JAX_PROCESS_ID", "this process's index, 0 to JAX_NUM_PROCESSES - 1")
   kwargs = {}
   if coordinator_address:
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
@@ -211,3 +218,16 @@ def maybe_initialize_distributed(
     kwargs["local_device_ids"] = list(local_device_ids)
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def _env_int(name: str, meaning: str) -> int | None:
+  """An integer environment variable, or None when unset; a bad value names the variable."""
+  import os
+
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"{name}={value!r} is not an integer: set it to {meaning}") from None

@@ -20,6 +20,10 @@ check_argv = check_config_overrides
 def run(fv, args):
   from yijax.train import loop
 
+  if fv.workdir and "://" in fv.workdir:  # os.path would turn gs://b/r into a local ./gs:/b/r on every host
+    from yijax.launch.common import unsupported_workdir_message
+
+    raise UsageError(unsupported_workdir_message(fv.workdir))
   if fv.config is None or not fv.workdir:
     raise UsageError("--config and --workdir are required, e.g. "
                      "yijax train --config=configs/pretrain/tiny.py --workdir=runs/tiny")

@@ -1,0 +1,193 @@
+"""Builds colab/*.ipynb from the cells below, so notebooks are reviewed as Python, not JSON.
+
+  python colab/build_notebooks.py            # rewrite the notebooks (no outputs stored)
+  python colab/build_notebooks.py --check    # exit 1 if a committed notebook differs from its source here
+
+Every notebook starts with an Open-in-Colab link and an install cell that does
+nothing where yijax is already importable, and reads YIJAX_NOTEBOOK_SMALL=1
+(set by tests/test_notebooks.py in CI) to run a few steps instead of the real
+thing. A finished study adds its notebook to NOTEBOOKS with the same pattern.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import nbformat
+
+GITHUB_REPO = "yijax/yijax"  # owner/name on GitHub: the Colab link and the Colab install cell use it
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def colab_link(name: str) -> str:
+  url = f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/main/colab/{name}"
+  return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+INSTALL = f'''\
+# Install yijax where it is missing (Colab); in a local checkout or CI, where it is importable, nothing happens.
+import importlib, importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("yijax") is None:
+  source = ["-e", "."] if os.path.exists("setup.py") else ["git+https://github.com/{GITHUB_REPO}"]
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", *source], check=True)
+  importlib.invalidate_caches()'''
+
+BACKEND = '''\
+# The same code runs on CPU, GPU or TPU: JAX picks the runtime's accelerator.
+import jax
+
+print(f"jax {jax.__version__}; backend {jax.default_backend()}; {jax.device_count()} device(s): {jax.devices()}")'''
+
+QUICKSTART = [
+    ("markdown", f"""\
+{colab_link("quickstart.ipynb")}
+
+# yijax quickstart
+
+Train the tiny Yi model (GQA, SwiGLU, RMSNorm, RoPE) on the embedded corpus
+(Python's own documentation and sources; no download), plot its loss, sample
+text, and export it to Hugging Face format. It runs top to bottom on a free
+Colab CPU, GPU or TPU runtime in a few minutes; the same library drives
+`yijax quickstart` and `yijax train --config=configs/pretrain/tiny.py`."""),
+    ("code", INSTALL),
+    ("code", BACKEND),
+    ("markdown", """\
+## Train
+
+The run is a directory: rerunning the cell resumes from its newest checkpoint.
+`YIJAX_NOTEBOOK_SMALL=1` (how CI executes this notebook) trains a 2-layer model
+for a few steps instead."""),
+    ("code", '''\
+from yijax.train import loop
+from yijax.train.config import tiny_pretrain_config
+
+SMALL = os.environ.get("YIJAX_NOTEBOOK_SMALL") == "1"
+WORKDIR = os.path.abspath("runs/colab-quickstart")
+
+config = tiny_pretrain_config()  # tokenizer + data are prepared from the embedded corpus on first use
+if SMALL:
+  config.model.num_layers = 2
+  config.train.steps = 4
+  config.train.seq_len = 64
+  config.train.progress_bar = False
+  config.optimizer.warmup_steps = 1
+  config.checkpoint.every_steps = 4
+  config.eval.every_steps = 4
+  config.eval.batches = 1
+if os.environ.get("YIJAX_NOTEBOOK_DATA"):  # an already prepared data dir (CI reuses its own)
+  config.data.prepared_dir = os.environ["YIJAX_NOTEBOOK_DATA"]
+
+result = loop.train(config, WORKDIR)
+print({k: round(float(v), 4) for k, v in result.items() if k in ("step", "loss") or k.startswith("eval/")})'''),
+    ("markdown", "## The loss curve (from `WORKDIR/metrics.jsonl`)"),
+    ("code", '''\
+import json
+
+import matplotlib.pyplot as plt
+
+rows = [json.loads(line) for line in open(os.path.join(WORKDIR, "metrics.jsonl"))]
+plt.figure(figsize=(6, 3.5))
+plt.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
+eval_path = os.path.join(WORKDIR, "eval.jsonl")
+if os.path.exists(eval_path):
+  evals = [json.loads(line) for line in open(eval_path)]
+  plt.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="held-out")
+plt.xlabel("step")
+plt.ylabel("cross entropy (nats/token)")
+plt.legend()
+plt.show()'''),
+    ("markdown", "## Sample text (KV-cache decoding with the run's tokenizer)"),
+    ("code", '''\
+from yijax.data.tokenizer import Tokenizer
+from yijax.eval.generate import Generator, Sampling
+from yijax.train import params_io
+
+model_config, params = params_io.load_model(WORKDIR)  # the newest complete checkpoint
+tokenizer = Tokenizer(params_io.locate_model(WORKDIR).tokenizer)
+generator = Generator(model_config, params)
+for prompt in ("def ", "import "):
+  ids = generator.generate([tokenizer.encode(prompt, add_bos=True)], 8 if SMALL else 48, Sampling(0.8, 0, 0.95),
+                           seed=0, stop_ids=[tokenizer.eos_id])[0]
+  print(repr(prompt + tokenizer.decode([i for i in ids if i != tokenizer.eos_id])))'''),
+    ("markdown", """\
+## Export to Hugging Face format
+
+`config.json` + safetensors (+ `tokenizer.model`): a `LlamaForCausalLM` that
+`transformers` loads directly. Where `transformers` and `torch` are installed,
+the last cell loads it and compares its logits with yijax's."""),
+    ("code", '''\
+from yijax.convert import hf
+
+HF_DIR = os.path.abspath("runs/colab-quickstart-hf")
+hf.yijax_to_hf(WORKDIR, HF_DIR, overwrite=True)
+print(HF_DIR, sorted(os.listdir(HF_DIR)))'''),
+    ("code", '''\
+import numpy as np
+
+from yijax import models
+
+tokens = np.array([tokenizer.encode("import os", add_bos=True)])
+ours = np.asarray(models.apply(model_config, params, tokens, np.arange(tokens.shape[1])[None]))
+if importlib.util.find_spec("transformers") and importlib.util.find_spec("torch"):
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  hf_model = AutoModelForCausalLM.from_pretrained(HF_DIR).float().eval()
+  with torch.no_grad():
+    theirs = hf_model(torch.tensor(tokens)).logits.numpy()
+  difference = float(np.max(np.abs(ours - theirs)))
+  print(f"{type(hf_model).__name__}: largest logit difference from yijax {difference:.2e}")
+  assert difference < 1e-3 * max(1.0, float(np.max(np.abs(ours)))), difference
+else:
+  print("transformers/torch not installed (pip install transformers torch): skipped loading the export")'''),
+]
+
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART}
+
+
+def build(cells) -> nbformat.NotebookNode:
+  notebook = nbformat.v4.new_notebook()
+  notebook.metadata = {
+      "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+      "language_info": {"name": "python"},
+      "colab": {"provenance": []},
+  }
+  make = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
+  notebook.cells = [make[kind](source) for kind, source in cells]
+  for i, cell in enumerate(notebook.cells):
+    cell["id"] = f"cell-{i}"  # stable ids: rebuilding an unchanged notebook changes nothing
+  nbformat.validate(notebook)
+  return notebook
+
+
+def render(cells) -> str:
+  return nbformat.writes(build(cells)) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--check", action="store_true", help="compare, do not write")
+  args = parser.parse_args(argv)
+  stale = []
+  for name, cells in NOTEBOOKS.items():
+    path = os.path.join(HERE, name)
+    text = render(cells)
+    current = open(path).read() if os.path.exists(path) else None
+    if args.check:
+      if current != text:
+        stale.append(name)
+    elif current != text:
+      with open(path, "w") as f:
+        f.write(text)
+      print(f"wrote {path}")
+  if stale:
+    print(f"out of date: {', '.join(stale)}; run python colab/build_notebooks.py", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -138,6 +138,12 @@ def active_mesh() -> Mesh | None:
   return None if active is None else active[0]
 
 
+def active_rules() -> tuple | None:
+  """The logical-axis rules of the enclosing `use_mesh`, or None outside one."""
+  active = _ACTIVE.get()
+  return None if active is None else active[1]
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """`with_sharding_constraint` by logical names; a no-op outside `use_mesh`."""
   active = _ACTIVE.get()

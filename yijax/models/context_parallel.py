@@ -37,7 +37,7 @@ MODES = ("ring", "allgather")
 
 def _fitted_spec(names, shape):
   """The PartitionSpec `sharding.constrain` would give an array of this shape on the active mesh."""
-  mesh, rules = sharding._ACTIVE.get()  # the (mesh, rules) `sharding.use_mesh` set
+  mesh, rules = sharding.active_mesh(), sharding.active_rules()
   return sharding.fit_spec(sharding.logical_to_spec(names, rules), shape, mesh)
 
 

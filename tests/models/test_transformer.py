@@ -47,7 +47,7 @@ def test_packed_documents_equal_separate_documents(tiny_config):
   assert np.abs(leaky[7:] - alone_b).max() > 1e-3
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "minimal"])
+@pytest.mark.parametrize("policy", ["full", "dots", "minimal", "offload"])
 def test_remat_policies_keep_loss_and_gradients(tiny_config, policy):
   params = models.init_params(tiny_config, jax.random.key(2))
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 101, (2, 12)))

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 CONTEXT_PARALLEL = ("auto", "ring", "allgather", "none")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out", "offload")
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 ROUTER_TYPES = ("softmax_topk", "topk_softmax", "sigmoid")
 # dropless grouped-matmul paths (yijax/models/grouped_matmul.py), then the einsum ones

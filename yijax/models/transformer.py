@@ -46,6 +46,10 @@ def remat_policy(name: str):
     return policies.dots_with_no_batch_dims_saveable
   if name in _SAVED_NAMES:
     return policies.save_only_these_names(*_SAVED_NAMES[name])
+  if name == "offload":  # keep minimal's activations in host memory, not on the accelerator
+    return policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=list(_SAVED_NAMES["minimal"]),
+        offload_src="device", offload_dst="pinned_host")
   raise ValueError(f"no remat policy named {name!r}")
 
 

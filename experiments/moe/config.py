@@ -27,7 +27,7 @@ ARMS = {
     "moe_aux_free": {"model.aux_loss_coef": 0.0, "model.router_type": "sigmoid",
                      "model.router_bias_update_rate": 0.001},
 }
-SCALES = {"smoke": (6, 4, 64), "cpu": (300, 8, 256), "gpu": (2000, 32, 2048), "paper": (2000, 32, 2048)}
+SCALES = {"smoke": (6, 8, 64), "cpu": (300, 8, 256), "gpu": (2000, 32, 2048), "paper": (2000, 32, 2048)}
 
 
 def _arm(arm: str, scale: str) -> ml_collections.ConfigDict:
@@ -43,7 +43,7 @@ def _arm(arm: str, scale: str) -> ml_collections.ConfigDict:
       k: v for k, v in ARMS[arm].items() if k != "model.mlp_dim"}
   overrides.update({"train.steps": steps, "train.batch_size": batch, "train.seq_len": seq_len,
                     "optimizer.warmup_steps": max(steps // 10, 1), "eval.every_steps": 0,
-                    "eval.batches": 2 if scale == "smoke" else 8, "eval.batch_size": 4 if scale == "smoke" else 8,
+                    "eval.batches": 2 if scale == "smoke" else 8, "eval.batch_size": 8,
                     "checkpoint.every_steps": max(steps // 2, 1), "train.progress_bar": False})
   if scale in ("gpu", "paper"):
     overrides.update({"model.dtype": "bfloat16", "model.max_seq_len": seq_len})

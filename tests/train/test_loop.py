@@ -176,3 +176,43 @@ def test_batch_grows_when_the_held_out_loss_stalls(tmp_path, prepared_data):
   sizes = [json.loads(line)["batch_size"] for line in open(run / "metrics.jsonl")]
   # evals at 2, 4, 6: the first sets the best loss, then every stall doubles the batch
   assert sizes == [8, 8, 8, 8, 16, 16, 32, 32]
+
+
+def test_a_fresh_run_continues_another_runs_data_stream(tmp_path, prepared_data):
+  """init_from + init_data_state_from a step-4 checkpoint, LR 0: step 1 sees the straight run's batch 5."""
+  straight = tmp_path / "straight"
+  loop.train(_config(prepared_data, **{"train.stop_after": 4}), str(straight))
+  loop.train(_config(prepared_data), str(straight))
+  step_4 = str(straight / "checkpoints" / "4")
+  config = _config(prepared_data, **{"train.steps": 1, "train.init_from": step_4, "train.init_data_state_from": step_4,
+                                     "optimizer.lr": 0.0, "optimizer.schedule": "constant",
+                                     "optimizer.warmup_steps": 0})
+  loop.train(config, str(tmp_path / "continued"))
+  records = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+  first = json.loads(open(tmp_path / "continued" / "metrics.jsonl").readline())
+  assert first["loss"] == pytest.approx(records[4]["loss"], rel=1e-6)
+  assert first["tokens_seen"] == records[4]["tokens_seen"] - records[3]["tokens_seen"]
+  with pytest.raises(CheckpointError, match="no data-iterator state for process 0 of 1"):
+    from yijax.train import checkpoint
+
+    params_io.save_model(str(tmp_path / "bare"), *reversed(params_io.load_model(step_4)))
+    checkpoint.read_data_state(str(tmp_path / "bare"))
+
+
+def test_batch_growth_on_the_smoothed_loss():
+  import ml_collections
+
+  def sizes_after(losses, ema):
+    config = ml_collections.ConfigDict({"train": {"batch_size": 8, "batch_growth": {
+        "factor": 2, "patience": 2, "min_delta": 0.01, "max_batch_size": 32, "ema": ema}}})
+    growth, sizes = loop.BatchGrowth(config, {}), []
+    for loss in losses:
+      growth.observe(loss)
+      sizes.append(growth.accumulate * 8)
+    return sizes
+
+  # a falling loss with noise, then a plateau: every pair of noisy evaluations grows the raw
+  # rule's batch; the smoothed one (ema 0.5) grows only on the plateau
+  losses = [5.0, 4.6, 4.7, 4.65, 4.2, 4.3, 4.25] + [3.9] * 8
+  assert sizes_after(losses, 0.0) == [8, 8, 8, 16, 16, 16] + [32] * 9
+  assert sizes_after(losses, 0.5) == [8] * 13 + [16, 16]

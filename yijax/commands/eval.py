@@ -1,8 +1,11 @@
-"""yijax eval --ckpt=DIR [--data=PREPARED_DIR] [--multiple_choice=FILE.jsonl ...]
+"""yijax eval --ckpt=DIR [--data=PREPARED_DIR] [--multiple_choice=FILE.jsonl ...] [--tasks=arith,facts,... --seed=0]
+yijax eval needle --ckpt=DIR --out=DIR [--min_length=1000 --max_length=N --num_lengths=40 --num_depths=10 ...]
 
 Perplexity and bits per byte on held-out prepared data (packing- and
 mask-aware), and multiple-choice accuracy (acc, acc_norm) scored the way
-lm-evaluation-harness scores it. Prints one JSON object; --output writes it.
+lm-evaluation-harness scores it. `needle` runs the needle-in-a-haystack grid
+of Fu et al. (2024) instead (yijax/eval/needle.py): OUT/needle.jsonl
+(resumable) and OUT/needle.png. Prints one JSON object; --output writes it.
 """
 
 from __future__ import annotations
@@ -26,9 +29,32 @@ def define_flags(fv, argv):
   flags.DEFINE_multi_string("multiple_choice", [], "JSONL task file(s): context, choices, answer", flag_values=fv)
   flags.DEFINE_string("tokenizer", None, "sentencepiece model (default: the checkpoint's / the data's)",
                       flag_values=fv)
-  flags.DEFINE_boolean("add_bos", False, "prefix BOS to multiple-choice contexts", flag_values=fv)
+  flags.DEFINE_boolean("add_bos", False, "prefix BOS to multiple-choice contexts and needle prompts", flag_values=fv)
   flags.DEFINE_string("records_dir", None, "write per-example multiple-choice records here", flag_values=fv)
   flags.DEFINE_string("output", None, "write the results JSON here", flag_values=fv)
+  flags.DEFINE_list("tasks", None, "offline battery (yijax/eval/tasks): bpb_docs, bpb_code, cloze_docs, cloze_code, "
+                    "arith, induction, facts, and/or JSONL task paths", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "seed the --tasks are built from (facts: the seed of their pretraining text)",
+                       flag_values=fv)
+  _define_needle_flags(fv)
+
+
+def _define_needle_flags(fv):
+  from yijax.eval import needle
+
+  flags.DEFINE_string("out", None, "needle: directory for needle.jsonl and needle.png", flag_values=fv)
+  flags.DEFINE_integer("min_length", 1000, "needle: shortest context, in tokens", flag_values=fv)
+  flags.DEFINE_integer("max_length", 0, "needle: longest context (0 = the model's max_seq_len)", flag_values=fv)
+  flags.DEFINE_integer("num_lengths", 40, "needle: context lengths, evenly spaced", flag_values=fv)
+  flags.DEFINE_integer("num_depths", 10, "needle: needle depths, evenly spaced over 0..100%", flag_values=fv)
+  flags.DEFINE_string("haystack", None, "needle: text file for the haystack (default: the embedded corpus's "
+                      "held-out documents)", flag_values=fv)
+  flags.DEFINE_string("needle", needle.DEFAULT_NEEDLE, "needle: the sentence hidden in the haystack", flag_values=fv)
+  flags.DEFINE_string("question", needle.DEFAULT_QUESTION, "needle: the question asked after it", flag_values=fv)
+  flags.DEFINE_string("answer", needle.DEFAULT_ANSWER, "needle: words the output is scored on", flag_values=fv)
+  flags.DEFINE_string("template", needle.DEFAULT_TEMPLATE, "needle: prompt with {context} and {question} "
+                      "(\\n = newline)", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 50, "needle: greedy tokens decoded per cell", flag_values=fv)
 
 
 def run(fv, args):
@@ -37,10 +63,15 @@ def run(fv, args):
   from yijax.eval import multiple_choice, perplexity
   from yijax.train import params_io
 
+  if args:
+    if args[0] != "needle":
+      raise UsageError(f"unknown eval mode {args[0]!r}: use `yijax eval needle ...` or no positional argument")
+    return _run_needle(fv)
   if not fv.ckpt:
     raise UsageError("--ckpt is required")
-  if not fv.data and not fv.multiple_choice:
-    raise UsageError("nothing to evaluate: give --data (perplexity) and/or --multiple_choice=FILE.jsonl")
+  if not fv.data and not fv.multiple_choice and not fv.tasks:
+    raise UsageError("nothing to evaluate: give --data (perplexity), --multiple_choice=FILE.jsonl "
+                     "and/or --tasks=arith,facts,...")
   location = params_io.locate_model(fv.ckpt)
   config, params = params_io.load_model(fv.ckpt)
   config = config.replace(remat_policy="none")
@@ -72,7 +103,44 @@ def run(fv, args):
                                                      batch_size=fv.batch_size, add_bos=fv.add_bos,
                                                      records_path=records)
       results["multiple_choice"][name] = {k: v for k, v in scored.items() if k != "records"}
+  if fv.tasks:
+    from yijax.eval import tasks
+
+    if not tokenizer_path:
+      raise UsageError("--tasks needs a tokenizer: --tokenizer=PATH (none in --ckpt)")
+    add_bos = fv.add_bos if fv["add_bos"].present else None  # absent: each task's default (evaluate_tasks)
+    results["tasks"] = tasks.evaluate_tasks(config, params, Tokenizer(tokenizer_path), fv.tasks, seed=fv.seed,
+                                            batch_size=fv.batch_size, add_bos=add_bos)
   text = json.dumps(results, indent=2)
+  print(text)
+  if fv.output:
+    with open(fv.output, "w") as f:
+      f.write(text + "\n")
+  return 0
+
+
+def _run_needle(fv):
+  from yijax.data.tokenizer import Tokenizer
+  from yijax.eval import needle
+  from yijax.train import params_io
+
+  if not fv.ckpt:
+    raise UsageError("--ckpt is required")
+  if not fv.out:
+    raise UsageError("yijax eval needle needs --out=DIR (needle.jsonl and needle.png go there)")
+  location = params_io.locate_model(fv.ckpt)
+  tokenizer_path = fv.tokenizer or location.tokenizer
+  if not tokenizer_path:
+    raise UsageError("yijax eval needle needs a tokenizer: --tokenizer=PATH (none in --ckpt)")
+  config, params = params_io.load_model(fv.ckpt)
+  task = needle.NeedleTask(fv.needle, fv.question, fv.answer, fv.template.replace("\\n", "\n"))
+  summary = needle.evaluate_to_dir(
+      config.replace(remat_policy="none"), params, Tokenizer(tokenizer_path), fv.out, min_length=fv.min_length,
+      max_length=fv.max_length, num_lengths=fv.num_lengths, num_depths=fv.num_depths, haystack_path=fv.haystack,
+      task=task, max_new_tokens=fv.max_new_tokens, batch_size=fv.batch_size, add_bos=fv.add_bos,
+      model_id=location.params_dir)
+  print(f"needle: mean score {summary['mean_score']:.3f} over {summary['cells']} cells")
+  text = json.dumps({"ckpt": os.path.abspath(fv.ckpt), "needle": summary}, indent=2)
   print(text)
   if fv.output:
     with open(fv.output, "w") as f:

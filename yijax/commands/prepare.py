@@ -29,6 +29,14 @@ def define_flags(fv, argv):
   flags.DEFINE_integer("shard_mb", None, "input MiB per shard for a new plan (default: ~4 shards per worker, "
                        "1-256 MiB)", flag_values=fv)
   flags.DEFINE_integer("tfds_docs_per_shard", 100_000, "TFDS examples per shard", flag_values=fv)
+  flags.DEFINE_list("quality_reference", [], "quality selection: clean reference corpus (text files / JSONL, globs) "
+                    "the built-in n-gram scorer is trained on; every --source is scored", flag_values=fv)
+  flags.DEFINE_integer("quality_budget_tokens", 0, "keep each scored source's lowest-perplexity documents up to "
+                       "this many tokens, written as source NAME_hq", flag_values=fv)
+  flags.DEFINE_string("kenlm_model", "", "score with this KenLM model (needs the kenlm module) instead of the "
+                      "n-gram scorer", flag_values=fv)
+  flags.DEFINE_integer("quality_order", 3, "n-gram order of the built-in scorer", flag_values=fv)
+  flags.DEFINE_string("quality_suffix", "_hq", "the selected documents become source NAME+suffix", flag_values=fv)
 
 
 def _report(manifest: dict) -> None:
@@ -42,6 +50,21 @@ def _report(manifest: dict) -> None:
       problems += [f"FAILED {u['shard']}: {u['error']}" for u in entry.get("failed_units", [])]
       print(f"{split:<11} {name:<16} {entry.get('documents', 0):>10,} {entry.get('tokens', 0):>13,} "
             f"{len(entry.get('shards', [])):>7}  {'; '.join(problems) or '-'}")
+
+
+def _quality_options(fv):
+  """QualityOptions when any --quality_* / --kenlm_model flag is given, else None."""
+  from yijax.data import quality
+
+  if not (fv.quality_reference or fv.quality_budget_tokens or fv.kenlm_model):
+    return None
+  options = quality.QualityOptions(tuple(fv.quality_reference), fv.quality_budget_tokens, fv.kenlm_model,
+                                   fv.quality_order, suffix=fv.quality_suffix, text_field=fv.text_field)
+  try:
+    options.check()
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return options
 
 
 def run(fv, args):
@@ -68,11 +91,21 @@ def run(fv, args):
   if embedded:
     embedded_specs, fingerprint = prepare.embedded_specs(fv.out)
     specs += embedded_specs
+  options = _quality_options(fv)
+  if options is not None and not merged:
+    raise UsageError("quality selection scores the --source=NAME=PATH sources; give at least one")
   manifest = prepare.prepare(specs, fv.tokenizer, fv.out, num_workers=fv.num_workers,
                              shard_bytes=fv.shard_mb << 20 if fv.shard_mb else None,
-                             tfds_docs_per_shard=fv.tfds_docs_per_shard, corpus_fingerprint=fingerprint)
+                             tfds_docs_per_shard=fv.tfds_docs_per_shard, corpus_fingerprint=fingerprint,
+                             quality_options=options, quality_sources=list(merged))
   _report(manifest)
   run_info = manifest["last_run"]
+  for split, sources in manifest["splits"].items():
+    for name, entry in sources.items():
+      q = entry.get("quality")
+      if q and "selected_source" in q:
+        print(f"quality: {split}/{name} -> {q['selected_source']}: kept {q['kept_documents']:,} of "
+              f"{q['scored_documents']:,} documents ({q['kept_tokens']:,} tokens), threshold {q['threshold']}")
   print(f"{run_info['units_run']} units run, {run_info['units_skipped']} already done, "
         f"{run_info['seconds']:.1f} s; manifest: {os.path.join(fv.out, prepare.MANIFEST)}")
   if not manifest["complete"]:

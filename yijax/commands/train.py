@@ -39,9 +39,7 @@ def run(fv, args):
 
 
 def _extra_evaluators(config):
-  """Multiple-choice tasks scored at every evaluation (eval.multiple_choice)."""
-  if not config.eval.multiple_choice:
-    return []
-  from yijax.eval import multiple_choice
+  """Evaluators the run config asks for: eval.multiple_choice, eval.tasks, eval.source_losses."""
+  from yijax.eval import dense
 
-  return [multiple_choice.training_evaluator(config, list(config.eval.multiple_choice))]
+  return dense.evaluators_from_config(config)

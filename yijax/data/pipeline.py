@@ -8,7 +8,8 @@ forever; the sources are interleaved by grain's deterministic weighted
 rows (segment ids 1.. per document chunk, 0 = padding; positions restart at
 0) and batched. Everything before packing is a pure function of the element
 index, so the iterator state is a few integers and restoring it replays the
-stream exactly.
+stream exactly. Subsets over epochs, source replacement and replay (the
+continual-pretraining recipes): yijax/data/mixture.py.
 
 Mixture weights are shares of TOKENS. `mix` interleaves elements, so each
 source's element weight is its token weight divided by its mean element
@@ -42,11 +43,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from yijax.data import records
+from yijax.data import mixture, records
 from yijax.models.config import ConfigError
 
 MANIFEST = "manifest.json"
-UPSAMPLING_MODES = ("none", "per_source", "global")
+UPSAMPLING_MODES = mixture.UPSAMPLING_MODES
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -72,6 +73,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.length_upsampling.mode = "none"  # none | per_source | global (see the module docstring)
   c.length_upsampling.threshold = 4096  # documents with more tokens than this count as long
   c.length_upsampling.keep_short_prob = 0.5  # probability a short document is kept
+  mixture.add_config_fields(c)  # subsets over epochs, source replacement, replay (yijax/data/mixture.py)
   return c
 
 
@@ -234,22 +236,7 @@ class SourceChunks(grain.MapDataset):
 # ---------------------------------------------------------------- train
 
 
-def _check(data_cfg, seq_len: int, batch_size: int) -> dict[str, float]:
-  if seq_len <= 0 or batch_size <= 0:
-    raise ConfigError(f"seq_len={seq_len} and batch_size={batch_size} must be positive")
-  weights = {name: float(w) for name, w in dict(data_cfg.sources).items()}
-  if not weights:
-    raise ConfigError("data.sources is empty; name at least one prepared source with its token share")
-  for name, w in weights.items():
-    if not w > 0:
-      raise ConfigError(f"data.sources.{name}={w}: token shares must be positive (drop the source instead)")
-  mode = data_cfg.length_upsampling.mode
-  if mode not in UPSAMPLING_MODES:
-    raise ConfigError(f"data.length_upsampling.mode={mode!r}; choose one of {', '.join(UPSAMPLING_MODES)}")
-  if not 0.0 <= data_cfg.length_upsampling.keep_short_prob <= 1.0:
-    raise ConfigError(f"data.length_upsampling.keep_short_prob={data_cfg.length_upsampling.keep_short_prob} "
-                      "must be in [0, 1]")
-  return weights
+_check = mixture.check  # validates the data section; the resolved {source: share}
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -277,12 +264,13 @@ class Mixture:
   plans: list[SourcePlan]
   token_shares: dict[str, float]  # expected share of the mixture's tokens per source
   element_weights: dict[str, float]  # what grain's mix receives
+  subsets: dict[str, dict] = dataclasses.field(default_factory=dict)  # per subset source: its size per epoch
 
 
 def train_mixture(data_cfg, seq_len: int, seed: int = 0, process_index: int | None = None,
                   process_count: int | None = None) -> Mixture:
   """The shuffled, repeated, token-weighted mixture of the configured sources (one process's share)."""
-  weights = _check(data_cfg, seq_len, 1)
+  weights = _check(data_cfg, seq_len, 1)  # data.sources after data.replace_* and data.replay
   process_index, process_count = _process(process_index, process_count)
   manifest = read_manifest(data_cfg.prepared_dir, data_cfg.split, list(weights))
   bos, eos = _special_ids(data_cfg, manifest)
@@ -294,13 +282,17 @@ def train_mixture(data_cfg, seq_len: int, seed: int = 0, process_index: int | No
     weights = {p.name: weights[p.name] * p.kept_fraction for p in plans}
   total = sum(weights.values())
   shares = {name: w / total for name, w in weights.items()}
-  datasets, element_weights = [], {}
+  datasets, element_weights, subsets = [], {}, {}
   for source_id, plan in enumerate(plans):
     chunks = SourceChunks(plan, seq_len, bos, eos, source_id)
-    datasets.append(chunks.shuffle(seed=_seed(base, _name_id(plan.name))).repeat())
+    stream, subset = mixture.source_stream(chunks, plan, mixture.subset_spec(data_cfg, plan.name),
+                                           _seed(base, _name_id(plan.name)), process_count)
+    datasets.append(stream)
+    if subset:
+      subsets[plan.name] = subset
     element_weights[plan.name] = shares[plan.name] / (plan.tokens / plan.elements)
   mixed = grain.MapDataset.mix(datasets, list(element_weights.values())) if len(datasets) > 1 else datasets[0]
-  return Mixture(mixed, plans, shares, element_weights)
+  return Mixture(mixed, plans, shares, element_weights, subsets)
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:
@@ -349,8 +341,8 @@ def train_iterator(data_cfg, seq_len: int, batch_size: int, seed: int = 0, proce
 
 
 def _shard_stream(data_cfg, seq_len: int, rows: int, seed: int, shard: int, shards: int):
-  mixture = train_mixture(data_cfg, seq_len, seed, shard, shards)
-  ds = mixture.dataset.to_iter_dataset(_read_options(data_cfg))
+  mixed = train_mixture(data_cfg, seq_len, seed, shard, shards)
+  ds = mixed.dataset.to_iter_dataset(_read_options(data_cfg))
   return _pack_and_batch(ds, seq_len, rows, max(data_cfg.packing_bins, rows), drop_remainder=True)
 
 
@@ -390,8 +382,8 @@ def eval_batches(data_cfg, split: str | None = None, seq_len: int | None = None,
   if seq_len is None or batch_size is None:
     raise TypeError("eval_batches needs seq_len and batch_size")
   split = split or data_cfg.eval_split
-  names = list(sources) if sources is not None else list(dict(data_cfg.sources))
-  _check(data_cfg, seq_len, batch_size)
+  resolved = _check(data_cfg, seq_len, batch_size)
+  names = list(sources) if sources is not None else list(resolved)
   manifest = read_manifest(data_cfg.prepared_dir, split, names)
   bos, eos = _special_ids(data_cfg, manifest)
   plans = [plan_source(manifest, split, n, seq_len, bos is not None, eos is not None) for n in names]

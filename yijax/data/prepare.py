@@ -27,7 +27,7 @@ import re
 import time
 from typing import Iterable, Sequence
 
-from yijax.data import corpus, records
+from yijax.data import corpus, quality, records
 
 MANIFEST = "manifest.json"
 FORMAT = "yijax-prepared/1"
@@ -45,6 +45,7 @@ class SourceSpec:
   text_field: str = "text"
   file_format: str = "auto"  # auto (by suffix: .jsonl/.ndjson/.json = JSONL) | text | jsonl
   tfds_data_dir: str | None = None
+  quality: str = ""  # JSON of the quality scorer (yijax/data/quality.py) scoring every document; "" = none
 
   @property
   def tfds(self) -> re.Match | None:
@@ -137,6 +138,8 @@ def plan_source(spec: SourceSpec, shard_bytes: int | None = None, num_workers: i
   for index, unit in enumerate(units):
     unit.update(split=spec.split, source=spec.name, text_field=spec.text_field,
                 shard=f"{spec.split}/{spec.name}/shard-{index:05d}-of-{len(units):05d}{records.SHARD_SUFFIX}")
+    if spec.quality:
+      unit["quality"] = json.loads(spec.quality)
   return units
 
 
@@ -161,18 +164,20 @@ def done_path(shard_path: str) -> str:
 def run_unit(unit: dict, out_dir: str, tokenizer_path: str, encode_threads: int = 1) -> dict:
   """Tokenizes one unit into its shard; writes the done marker last; returns the counts."""
   processor = _processor(tokenizer_path)
-  counts = corpus.DocumentCounts()
+  counts, scores = corpus.DocumentCounts(), []
   shard = os.path.join(out_dir, unit["shard"])
   writer = records.ShardWriter(shard)
   documents = (corpus.tfds_documents(unit["tfds"], unit["start"], unit["end"], unit["text_field"], counts)
                if "tfds" in unit else corpus.file_documents(unit["pieces"], unit["text_field"], counts))
 
   def flush(texts):
-    for ids in processor.Encode(texts, num_threads=encode_threads):
+    for text, ids in zip(texts, processor.Encode(texts, num_threads=encode_threads)):
       if not ids:
         counts["empty_documents"] += 1
         continue
       writer.write(ids)
+      if "quality" in unit:
+        scores.append(quality.score(unit["quality"], text, ids))
       counts["documents"] += 1
       counts["tokens"] += len(ids)
       counts["max_document_tokens"] = max(counts["max_document_tokens"], len(ids))
@@ -192,6 +197,8 @@ def run_unit(unit: dict, out_dir: str, tokenizer_path: str, encode_threads: int 
     writer.abort()
     raise
   writer.commit()
+  if "quality" in unit:
+    quality.write_scores(shard, scores)
   marker = done_path(shard)
   with open(marker + ".tmp", "w") as f:
     json.dump(dict(counts, shard=unit["shard"]), f)
@@ -230,6 +237,8 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
   files = None if spec.tfds else [(p, _size(p)) for p in _resolve_files(spec)]
   key = {"inputs": list(spec.inputs), "files": files, "text_field": spec.text_field,
          "format": spec.file_format, "tfds_data_dir": spec.tfds_data_dir, "tokenizer_sha256": tokenizer_sha}
+  if spec.quality:
+    key["quality"] = json.loads(spec.quality)
   key = json.loads(json.dumps(key))
   if os.path.exists(plan_path):
     stored = _read_json(plan_path)
@@ -307,8 +316,12 @@ def _run_pending(pending: list[dict], out_dir: str, tokenizer_path: str, num_wor
 
 def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_workers: int | None = None,
             shard_bytes: int | None = None, tfds_docs_per_shard: int = 100_000, progress: bool = True,
-            corpus_fingerprint: str | None = None) -> dict:
-  """Prepares every source (skipping finished units); writes and returns the manifest."""
+            corpus_fingerprint: str | None = None, quality_options=None, quality_sources=()) -> dict:
+  """Prepares every source (skipping finished units); writes and returns the manifest.
+
+  quality_options (quality.QualityOptions): score the sources named in quality_sources (all when
+  empty) and write their best documents up to a token budget as `<name>_hq` (yijax/data/quality.py).
+  """
   from yijax.data.tokenizer import Tokenizer
 
   if not specs:
@@ -326,6 +339,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
     raise ValueError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "
                      "use the same --tokenizer or a new --out")
   manifest["tokenizer"] = token_meta
+  specs = quality.attach(list(specs), quality_options, tokenizer, out_dir, quality_sources)
   if corpus_fingerprint:
     manifest["corpus_fingerprint"] = corpus_fingerprint
   plans = {}
@@ -340,6 +354,8 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   failures = _run_pending(pending, out_dir, tokenizer.path, num_workers, progress)
   for spec, units in plans.items():
     manifest["splits"][spec.split][spec.name] = _summarize(out_dir, spec, units, failures)
+    if spec.quality:
+      quality.select(out_dir, manifest, spec, quality_options)
   manifest["complete"] = all(e.get("complete") for split in manifest["splits"].values() for e in split.values())
   manifest["last_run"] = {"units_run": len(pending), "units_skipped": sum(map(len, plans.values())) - len(pending),
                           "seconds": round(time.time() - started, 2), "num_workers": num_workers}

@@ -9,6 +9,12 @@ nor skips a pair: a (checkpoint, task) counts as done when all of its lines
 are there (each line records how many its task wrote), and a torn last line
 is dropped.
 
+The pseudo-task `layer_cosine` records, per checkpoint, each layer's mean
+cosine between its input and output hidden states (`layer/<i>`) and the
+model-level value (`model_level`; see yijax.surgery.layer_cosine), on the
+first tokens of the embedded corpus's held-out documents (or the texts in
+options["layer_cosine_texts"]), so its trend over training can be plotted.
+
 A directory of converted Hugging Face checkpoints (`yijax convert` outputs,
 e.g. the intermediate checkpoints a paper released) works the same way; the
 checkpoints are ordered by tokens seen, read from each one's meta.json
@@ -26,6 +32,8 @@ from typing import Sequence
 from yijax.train import flops, params_io
 
 RESULTS = os.path.join("eval", "checkpoints.jsonl")
+LAYER_COSINE = "layer_cosine"
+COSINE_OPTIONS = ("layer_cosine_texts", "layer_cosine_docs", "layer_cosine_tokens")
 UNITS = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -122,8 +130,9 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
                          options: dict | None = None) -> str:
   """Evaluates every (checkpoint, task) not yet in the results file; returns its path."""
   from yijax.data.tokenizer import Tokenizer
-  from yijax.eval import tasks as task_lib
 
+  options = dict(options or {})
+  cosine_options = {k: options.pop(k) for k in COSINE_OPTIONS if k in options}
   checkpoints = list_checkpoints(path)
   if steps:
     checkpoints = [c for c in checkpoints if c.step in set(steps)]
@@ -142,7 +151,12 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
     config, params = params_io.load_model(info.path)
     config = config.replace(remat_policy="none")
     for task in pending:
-      metrics = task_lib.evaluate_tasks(config, params, tokenizer, [task], seed=seed, **(options or {}))[task]
+      if task == LAYER_COSINE:
+        metrics = layer_cosine_metrics(config, params, tokenizer, **cosine_options)
+      else:
+        from yijax.eval import tasks as task_lib
+
+        metrics = task_lib.evaluate_tasks(config, params, tokenizer, [task], seed=seed, **options)[task]
       base = {"checkpoint": info.name, "step": info.step, "tokens_seen": info.tokens_seen, "flops": info.flops,
               "task": task, "n_metrics": len(metrics)}
       block = "".join(json.dumps({**base, "metric": k, "value": float(v)}) + "\n" for k, v in metrics.items())
@@ -153,6 +167,44 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
       print(f"[eval] {info.name} {task}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()),
             flush=True)
   return out_path
+
+
+def layer_cosine_metrics(config, params, tokenizer, layer_cosine_texts=None, layer_cosine_docs: int = 8,
+                         layer_cosine_tokens: int = 256) -> dict[str, float]:
+  """{"layer/<i>": cosine, "model_level": mean of the inner layers} on fixed held-out text:
+  the given texts, or the first `layer_cosine_docs` held-out documents of the embedded corpus."""
+  import numpy as np
+
+  from yijax import surgery
+
+  texts = list(layer_cosine_texts or _held_out_texts(layer_cosine_docs))
+  length = min(layer_cosine_tokens, config.max_seq_len)
+  rows = [tokenizer.encode(t, add_bos=True)[:length] for t in texts]
+  tokens = np.zeros((len(rows), length), np.int32)
+  segments = np.zeros_like(tokens)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)], segments[i, :len(row)] = row, 1
+  result = surgery.layer_cosine(config, params, tokens, segment_ids=segments)
+  metrics = {f"layer/{i}": v for i, v in enumerate(result["per_layer"])}
+  if result["model_level"] is not None:
+    metrics["model_level"] = result["model_level"]
+  return metrics
+
+
+def _held_out_texts(count: int) -> list[str]:
+  """The first `count` held-out documents of the embedded corpus, alternating docs and code."""
+  from yijax.data import corpus
+
+  streams = [corpus.documents(source, "validation") for source in corpus.SOURCES]
+  texts: list[str] = []
+  while len(texts) < count and streams:
+    for stream in list(streams):
+      item = next(stream, None)
+      if item is None:
+        streams.remove(stream)
+      elif len(texts) < count:
+        texts.append(item[1])
+  return texts
 
 
 def _run_tokenizer(path: str) -> str | None:

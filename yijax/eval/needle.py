@@ -148,14 +148,13 @@ class Haystack:
     self._ids, self._boundaries = self.unit, self._unit_boundaries
 
   def _find_boundaries(self, ids: np.ndarray) -> np.ndarray:
-    unique = np.unique(ids)
-    texts = {int(i): self.tokenizer.decode([int(i)]) for i in unique}
-    ends_line = {i: t.endswith("\n") for i, t in texts.items()}
-    ends_sentence = {i: t.rstrip(" ").endswith(_SENTENCE_END) for i, t in texts.items()}
-    starts_space = {i: t[:1].isspace() for i, t in texts.items()}
-    after = np.array([ends_line[int(a)] or (ends_sentence[int(a)] and starts_space[int(b)])
-                      for a, b in zip(ids, np.roll(ids, -1))], bool)
-    return np.concatenate([[0], np.flatnonzero(after) + 1])  # positions p, sorted
+    unique, inverse = np.unique(ids, return_inverse=True)
+    texts = [self.tokenizer.decode([int(i)]) for i in unique]
+    ends_line = np.array([t.endswith("\n") for t in texts])[inverse]
+    ends_sentence = np.array([t.rstrip(" ").endswith(_SENTENCE_END) for t in texts])[inverse]
+    starts_space = np.array([t[:1].isspace() for t in texts])[inverse]
+    after = ends_line | (ends_sentence & np.roll(starts_space, -1))  # the text repeats: the last token's
+    return np.concatenate([[0], np.flatnonzero(after) + 1])  # next is the first; positions p, sorted
 
   def tokens(self, count: int) -> np.ndarray:
     """The first `count` token ids of the text repeated end to end."""
@@ -205,11 +204,11 @@ class PromptBuilder:
     return Prompt(ids, len(self.prefix) + point, count)
 
 
-def settings_fingerprint(task: NeedleTask, haystack: Haystack, tokenizer, max_new_tokens: int,
-                         add_bos: bool) -> str:
-  """What a result depends on besides the model; results of other settings are never mixed."""
+def settings_fingerprint(task: NeedleTask, haystack: Haystack, tokenizer, max_new_tokens: int, add_bos: bool,
+                         model_id: str = "") -> str:
+  """What a result depends on (the model as far as `model_id` names it); other settings' results never mix."""
   values = dict(dataclasses.asdict(task), haystack=haystack.sha256, tokenizer=getattr(tokenizer, "checksum", ""),
-                max_new_tokens=max_new_tokens, add_bos=add_bos)
+                max_new_tokens=max_new_tokens, add_bos=add_bos, model=model_id)
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -227,34 +226,54 @@ def read_results(path: str, settings: str | None = None) -> dict[tuple[int, floa
         continue
       if settings is not None and record.get("settings") != settings:
         raise ValueError(f"{path} holds needle results made with other settings (needle, question, answer, "
-                         "template, haystack, tokenizer, max_new_tokens or add_bos differ); use a new --out")
+                         "template, haystack, tokenizer, max_new_tokens, add_bos or model differ); use a new --out")
       found[int(record["length"]), float(record["depth"])] = record
   return found
 
 
-def _batches(cells: list[tuple[int, float]], max_new_tokens: int, batch_size: int):
-  """Cells grouped by the Generator's prompt bucket, in batches of one size (the last padded)."""
+def _batches(pending: list[tuple[int, float]], grid: list[tuple[int, float]], max_new_tokens: int, batch_size: int):
+  """Pending cells grouped by the Generator's prompt bucket, in batches of one row count (the last of a
+  bucket padded), sized from the whole grid so a resumed run reuses the shapes of the first."""
   from yijax.eval.generate import _bucket
 
+  bucket_of = lambda cell: _bucket(cell[0] - max_new_tokens)
+  per_bucket: dict[int, int] = {}
+  for cell in grid:
+    per_bucket[bucket_of(cell)] = per_bucket.get(bucket_of(cell), 0) + 1
+  rows = min(batch_size, max(per_bucket.values(), default=1))
   by_bucket: dict[int, list] = {}
-  for length, depth in sorted(cells):
-    by_bucket.setdefault(_bucket(length - max_new_tokens), []).append((length, depth))
-  rows = min(batch_size, max((len(v) for v in by_bucket.values()), default=1))
+  for cell in sorted(pending):
+    by_bucket.setdefault(bucket_of(cell), []).append(cell)
   for bucket in sorted(by_bucket):
     group = by_bucket[bucket]
     for start in range(0, len(group), rows):
       yield group[start:start + rows], rows
 
 
+def _append_lines(path: str, lines: list[str]) -> None:
+  """Appends lines, starting a new line first if a killed run left a torn one."""
+  torn = False
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+  with open(path, "a") as f:
+    f.write(("\n" if torn else "") + "".join(line + "\n" for line in lines))
+    f.flush()
+
+
 def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequence[float], *,
                task: NeedleTask = NeedleTask(), haystack: str | Haystack | None = None, max_new_tokens: int = 50,
                batch_size: int = 8, add_bos: bool = False, results_path: str | None = None, generator=None,
-               log: Callable[[str], None] | None = None) -> list[dict]:
+               model_id: str = "", log: Callable[[str], None] | None = None) -> list[dict]:
   """Scores every (length, depth) cell; returns one record per cell, sorted by (length, depth).
 
   haystack: text, a Haystack, or None (the embedded corpus's held-out documents).
-  results_path: a JSONL file; cells it holds are skipped, new ones appended after every batch.
-  generator: a `Generator` to reuse (its `trace_counts` say how often it compiled).
+  results_path: a JSONL file; cells it holds are skipped, new ones appended after every batch (records
+  of other settings or another `model_id`, e.g. the checkpoint's params dir, are an error).
+  generator: a `Generator` of this config to reuse: its compiled prefill/decode serve any params of the
+  same shapes (several checkpoints of one run compile once); it is pointed at `params` (None: keep its
+  own). `generator.trace_counts` says how often it compiled.
   """
   from yijax.eval.generate import Generator
 
@@ -266,7 +285,7 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
     text = haystack if haystack is not None else default_haystack_text(8 * max(lengths, default=0))
     haystack = Haystack(tokenizer, text)
   builder = PromptBuilder(tokenizer, task, add_bos)
-  settings = settings_fingerprint(task, haystack, tokenizer, max_new_tokens, add_bos)
+  settings = settings_fingerprint(task, haystack, tokenizer, max_new_tokens, add_bos, model_id)
   done = read_results(results_path, settings) if results_path else {}
   grid = [(int(length), float(depth)) for length in lengths for depth in depths]
   pending = [cell for cell in grid if cell not in done]
@@ -274,9 +293,11 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
     raise ValueError(f"--min_length={min(lengths)} leaves no room for the haystack: the template, needle and "
                      f"question take {builder.fixed_tokens} tokens and the answer --max_new_tokens="
                      f"{max_new_tokens}; use --min_length >= {builder.fixed_tokens + max_new_tokens + 1}")
+  if generator is not None and params is not None:
+    generator.params = params
   generator = generator or (Generator(config, params) if pending else None)
   stop_ids = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
-  for batch, rows in _batches(pending, max_new_tokens, batch_size):
+  for batch, rows in _batches(pending, grid, max_new_tokens, batch_size):
     started = time.time()
     prompts = [builder.build(haystack, length - max_new_tokens, depth) for length, depth in batch]
     padded = [p.ids for p in prompts] + [prompts[-1].ids] * (rows - len(prompts))
@@ -289,8 +310,7 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
                       "prompt_tokens": len(prompt.ids), "haystack_tokens": prompt.haystack_tokens,
                       "settings": settings})
     if results_path:
-      with open(results_path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+      _append_lines(results_path, [json.dumps(r) for r in records])
     done.update({(r["length"], r["depth"]): r for r in records})
     if log:
       mean = np.mean([r["score"] for r in records])
@@ -330,7 +350,7 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
     axes.axvline(inside - 0.5, color="white", linestyle="--", linewidth=3)
   axes.set_xlabel("Token Limit")
   axes.set_ylabel("Depth Percent")
-  axes.set_title(title or f'Fact retrieval across context lengths ("needle in a haystack"), '
+  axes.set_title(title or f"Needle in a haystack: fact retrieval across context lengths\n"
                           f"mean score {mean_score(records):.3f}")
   figure.colorbar(image, ax=axes, label="Score")
   figure.tight_layout()
@@ -340,7 +360,8 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
 def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int = 1000, max_length: int = 0,
                     num_lengths: int = 40, num_depths: int = 10, haystack_path: str | None = None,
                     task: NeedleTask = NeedleTask(), max_new_tokens: int = 50, batch_size: int = 8,
-                    add_bos: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                    add_bos: bool = False, model_id: str = "",
+                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
   """`yijax eval needle`: the whole grid into OUT/needle.jsonl (resumable) and OUT/needle.png; a summary."""
   from yijax.eval.generate import Generator
 
@@ -362,7 +383,8 @@ def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int 
   generator = Generator(config, params)
   records = run_needle(config, params, tokenizer, lengths, depths, task=task, haystack=Haystack(tokenizer, text),
                        max_new_tokens=max_new_tokens, batch_size=batch_size, add_bos=add_bos,
-                       results_path=os.path.join(out_dir, RESULTS_FILE), generator=generator, log=log)
+                       results_path=os.path.join(out_dir, RESULTS_FILE), generator=generator, model_id=model_id,
+                       log=log)
   plot_heatmap(records, os.path.join(out_dir, HEATMAP_FILE), train_length=config.max_seq_len)
   return {"mean_score": mean_score(records), "cells": len(records), "lengths": lengths, "depths": depths,
           "compilations": dict(generator.trace_counts), "seconds": round(time.time() - started, 2),

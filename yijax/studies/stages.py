@@ -35,9 +35,10 @@ def resolve_function(ref: str) -> Callable:
 
 
 def train_stage(name, stage, stage_dir, context) -> dict:
+  from yijax.eval import dense
   from yijax.train import loop
 
-  result = loop.train(stage.run, stage_dir)
+  result = loop.train(stage.run, stage_dir, evaluators=dense.evaluators_from_config(stage.run))
   keep = ("step", "loss", "tokens_seen", "preempted")
   summary = {k: result[k] for k in keep if k in result}
   summary.update({k: v for k, v in result.items() if k.startswith("eval/")})
@@ -69,4 +70,7 @@ def describe(name: str, stage, workdir: str) -> dict[str, Any]:
     })
   elif stage.kind in KINDS:
     out["fn"] = stage.get("fn")
+    args = stage.get("args")
+    if args is not None:
+      out["args"] = args.to_dict() if hasattr(args, "to_dict") else args
   return out

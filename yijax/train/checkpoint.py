@@ -11,9 +11,10 @@ Items of a step:
 orbax writes each step into a temporary directory and renames it when every
 item is committed, so a step dir is either complete or absent: a process
 killed mid-save leaves nothing that `latest_complete_step` would pick.
-Keep policy: the newest `keep_last` steps, every multiple of `keep_every`, and
+Keep policy: the newest `keep_last` steps, every multiple of `keep_every`,
 `keep_log_spaced` log-spaced steps (saved and kept: dense early checkpoints
-for checkpoint-dynamics studies).
+for checkpoint-dynamics studies) and the listed `keep_steps` (saved and kept:
+e.g. the growth points of a model-growth study).
 """
 
 from __future__ import annotations
@@ -100,14 +101,15 @@ class RunCheckpointer:
   def __init__(self, workdir: str, cfg, total_steps: int = 0):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.every = int(cfg.every_steps)
-    self.log_spaced = set(log_spaced_steps(total_steps, int(cfg.get("keep_log_spaced", 0))))
+    self.extra_steps = set(log_spaced_steps(total_steps, int(cfg.get("keep_log_spaced", 0))))
+    self.extra_steps |= {int(s) for s in cfg.get("keep_steps", ())}
     from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
     policies = [keep.LatestN(max(int(cfg.keep_last), 1))]
     if int(cfg.keep_every):
       policies.append(keep.EveryNSteps(int(cfg.keep_every)))
-    if self.log_spaced:
-      policies.append(keep.CustomSteps(sorted(self.log_spaced)))
+    if self.extra_steps:
+      policies.append(keep.CustomSteps(sorted(self.extra_steps)))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=keep.AnyPreservationPolicy(policies),
         enable_async_checkpointing=bool(cfg.async_save),
@@ -117,8 +119,8 @@ class RunCheckpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
 
   def due(self, step: int, last: int) -> bool:
-    """Whether a checkpoint is written after `step` (the schedule plus the log-spaced steps)."""
-    return step % self.every == 0 or step == last or step in self.log_spaced
+    """Whether a checkpoint is written after `step` (the schedule plus the log-spaced and listed steps)."""
+    return step % self.every == 0 or step == last or step in self.extra_steps
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -164,6 +166,21 @@ def _grain_restore(holder: _StateHolder):
   import grain
 
   return grain.checkpoint.CheckpointRestore(holder)
+
+
+def read_data_state(path: str, process_index: int = 0, process_count: int = 1) -> Any:
+  """The data-iterator state saved with a checkpoint (a run dir's latest, a step dir, or a
+  `yijax surgery` output made from one), for this process: what `train.init_data_state_from` reads."""
+  location = params_io.locate_model(path)
+  state_file = os.path.join(os.path.dirname(location.params_dir), "data",
+                            f"process_{process_index}-of-{process_count}.json")
+  if not os.path.exists(state_file):
+    raise CheckpointError(
+        f"{path} holds no data-iterator state for process {process_index} of {process_count} (expected "
+        f"{state_file}); train.init_data_state_from needs a run dir or checkpoint step dir written by the "
+        "same number of processes, or a `yijax surgery` output made from one")
+  with open(state_file) as f:
+    return json.load(f)
 
 
 def _flat(tree, is_leaf=None) -> dict[str, Any]:

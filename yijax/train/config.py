@@ -22,6 +22,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.model = presets.config_dict(model)
 
   c.data = _data_config()
+  # unpacked rows of single document chunks (the unlearning data; yijax/data/chunked.py) instead of the
+  # packed mixture: every document cut into consecutive train.seq_len-token chunks, right-padded
+  c.data.chunked = _chunked_config()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 100              # optimizer steps in the whole run
@@ -34,19 +37,31 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.train.max_nonfinite = 5        # halt after this many non-finite steps in a row (skipped, counted)
   c.train.log_every = 1            # write metrics every N steps
   c.train.init_from = ""           # model dir / run dir to start from (continual pretraining); "" = scratch
+  # run dir / checkpoint step dir / `yijax surgery` output whose data-iterator state a fresh run starts
+  # from (continue the source run's data stream after growth; same data config, seq_len and batch); "" = start
+  c.train.init_data_state_from = ""
   c.train.progress_bar = True      # tqdm bar with tokens/s and ETA (process 0)
   c.train.stop_after = 0           # end this invocation after N steps (0 = run to train.steps); resumable
   c.train.objective = "lm"         # "lm" or "package.module:function" (train/objectives.py)
   c.train.reference_from = ""      # model dir of a frozen reference model the objective reads ("" = none)
+  # options passed to the objective with z_loss and vocab_chunk (read by yijax.unlearning.objectives)
+  c.train.objective_options = ml_collections.ConfigDict({
+      "label_seed": 0,               # random_labels: seed of the random targets (a function of seed and chunk)
+      "adversarial_shift": False,    # adversarial_labels: True = the reference code's one-position shift
+      "kl_mask_padding": False,      # ascent_kl: False = cross entropy over all positions (reference code)
+      "seq_chunk": 512,              # positions per block when full-vocabulary logits are needed
+  })
   # grow the batch (x factor, by accumulating more iterator batches per step) when the held-out
-  # loss has not improved by min_delta for `patience` evaluations (Yi-9B); factor 1 = off
+  # loss has not improved by min_delta for `patience` evaluations (Yi-9B); factor 1 = off.
+  # ema > 0 compares an exponential moving average of the held-out loss (weight ema on the past)
   c.train.batch_growth = ml_collections.ConfigDict(
-      {"factor": 1, "patience": 2, "min_delta": 0.0, "max_batch_size": 0})
+      {"factor": 1, "patience": 2, "min_delta": 0.0, "max_batch_size": 0, "ema": 0.0})
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-3            # peak learning rate
-  c.optimizer.schedule = "cosine"  # cosine | wsd | constant (each with linear warmup)
+  c.optimizer.schedule = "cosine"  # cosine | wsd | constant | hf_cosine (each with linear warmup)
   c.optimizer.warmup_steps = 10
+  c.optimizer.warmup_ratio = 0.0   # > 0: warmup = ceil(ratio * train.steps), replacing warmup_steps (HF Trainer)
   c.optimizer.min_lr_ratio = 0.1   # cosine / wsd end at lr * min_lr_ratio
   c.optimizer.decay_fraction = 0.2  # wsd: the last fraction of steps decays
   c.optimizer.decay_shape = "linear"  # wsd decay: linear | cosine | sqrt
@@ -69,6 +84,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.checkpoint.keep_last = 3       # keep the newest K checkpoints
   c.checkpoint.keep_every = 0      # also keep every step divisible by M forever (0 = none)
   c.checkpoint.keep_log_spaced = 0  # also save and keep ~N log-spaced steps over the run (dense early)
+  c.checkpoint.keep_steps = []     # also save and keep exactly these steps
   c.checkpoint.async_save = True   # write in the background while training continues
 
   c.eval = ml_collections.ConfigDict()
@@ -77,6 +93,13 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.eval.batch_size = 8
   c.eval.multiple_choice = []      # JSONL files scored at each evaluation (context/choices/answer)
   c.eval.relative_update_k = 0     # > 0: log each layer's ||W - W0|| / ||W0|| and the bottom-k / top-k ratio
+  # dense evaluation during training (yijax/eval/dense.py): battery tasks / JSONL files -> tasks/<name>/<metric>
+  c.eval.tasks = []                # battery task names or JSONL paths, scored in-process
+  c.eval.tasks_every_steps = 0     # at evaluations whose step is a multiple of this (0 = every evaluation)
+  c.eval.tasks_options = ml_collections.ConfigDict()  # evaluate_tasks options (batch_size, add_bos, num_items...)
+  c.eval.tasks_seed = 0            # the seed the battery builds its items from
+  c.eval.source_losses = []        # sources whose eval_split loss is logged alone as loss/<source>
+  c.eval.source_loss_batches = 0   # batches of each (0 = the whole split)
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = "auto"   # auto | true | false: call jax.distributed.initialize
@@ -100,6 +123,12 @@ def tiny_pretrain_config() -> ml_collections.ConfigDict:
   config.eval.batches = 4
   config.data.sources = {"python_code": 0.7, "python_docs": 0.3}
   return config
+
+
+def _chunked_config() -> ml_collections.ConfigDict:
+  from yijax.data import chunked
+
+  return chunked.default_config()
 
 
 def _data_config() -> ml_collections.ConfigDict:

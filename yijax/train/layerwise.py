@@ -40,11 +40,15 @@ def _where(path) -> tuple[str | None, str | None, str]:
 
 
 def freeze_mask(config: ModelConfig, params, frozen_layers) -> object:
-  """0/1 multipliers for the updates: 0 on the given layers, 1 everywhere else."""
-  frozen = {int(i) for i in frozen_layers}
-  bad = [i for i in frozen if not 0 <= i < config.num_layers]
+  """0/1 multipliers for the updates: 0 on the given layers, 1 everywhere else.
+
+  Negative indices count from the top, as in Python: [-5, -4, -3, -2, -1] freezes the top five layers.
+  """
+  bad = [int(i) for i in frozen_layers if not -config.num_layers <= int(i) < config.num_layers]
   if bad:
-    raise ConfigError(f"optimizer.freeze_layers names layers {bad} outside [0, model.num_layers={config.num_layers})")
+    raise ConfigError(f"optimizer.freeze_layers names layers {bad} outside [-{config.num_layers}, "
+                      f"model.num_layers={config.num_layers}); negative indices count from the top")
+  frozen = {int(i) % config.num_layers for i in frozen_layers}
   index = layer_index(config)
   stacks = {name for name, *_ in layer_stacks(config)}
 

@@ -65,7 +65,7 @@ def _batch_to_device(batch: dict, data_sharding) -> dict:
 
 def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   """Runs (or resumes) the run in `workdir`; returns the last metrics and evals."""
-  from yijax.data import pipeline
+  from yijax.data import chunked, pipeline
 
   sharding.maybe_initialize_distributed(
       config.distributed.enabled, config.distributed.coordinator_address or None,
@@ -88,7 +88,8 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   checkpointer = ckpt_lib.RunCheckpointer(workdir, config.checkpoint, config.train.steps)
   data_sharding = sharding.data_sharding(mesh, rules)
   per_process = config.train.batch_size // jax.process_count()
-  iterator = pipeline.train_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
+  make_iterator = chunked.train_iterator if chunked.enabled(config.data) else pipeline.train_iterator
+  iterator = make_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
 
   resume_step = checkpointer.latest_step()
   meta = {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
@@ -109,6 +110,10 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     if config.train.init_from:
       params = _load_initial_params(config.train.init_from, model_config, shardings.params, abstract, logical)
       print(f"initialized from {config.train.init_from}", flush=True)
+    if config.train.get("init_data_state_from"):
+      pipeline.restore_iterator(iterator, ckpt_lib.read_data_state(
+          config.train.init_data_state_from, jax.process_index(), jax.process_count()))
+      print(f"data stream continues from {config.train.init_data_state_from}", flush=True)
     state = step_lib.init_state(model_config, optimizer, mesh, rules, config.train.seed, params)
   start = int(resume_step or 0)
 
@@ -126,7 +131,8 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     if accumulate not in step_fns:
       train_step = step_lib.make_train_step(
           model_config, optimizer, schedule, config.train.z_loss, config.train.vocab_chunk,
-          config.train.microbatches * accumulate, config.train.objective, freeze)
+          config.train.microbatches * accumulate, config.train.objective, freeze,
+          _objective_options(config))
       with sharding.use_mesh(mesh, rules):
         step_fns[accumulate] = jax.jit(
             train_step, in_shardings=(shardings, data_sharding, None if reference is None else shardings.params),
@@ -212,7 +218,9 @@ class BatchGrowth:
   """Grows the batch by train.batch_growth.factor when the held-out loss stops falling.
 
   The step then draws `accumulate` iterator batches (so the data stream and its
-  saved state stay those of the base batch); the state lives in the checkpoint meta."""
+  saved state stay those of the base batch); the state lives in the checkpoint meta.
+  With batch_growth.ema > 0 the loss compared is an exponential moving average of
+  the held-out losses (Yi-9B grew the batch when the smoothed loss stopped falling)."""
 
   def __init__(self, config, meta: dict):
     self.cfg = config.train.batch_growth
@@ -221,6 +229,7 @@ class BatchGrowth:
     meta.setdefault("batch_accumulate", 1)
     meta.setdefault("growth_best_loss", None)
     meta.setdefault("growth_stale", 0)
+    meta.setdefault("growth_smoothed_loss", None)
 
   @property
   def accumulate(self) -> int:
@@ -229,6 +238,10 @@ class BatchGrowth:
   def observe(self, loss) -> None:
     if loss is None or self.cfg.factor <= 1:
       return
+    ema, smoothed = float(self.cfg.get("ema", 0.0)), self.meta["growth_smoothed_loss"]
+    if ema > 0:
+      loss = loss if smoothed is None else ema * smoothed + (1 - ema) * loss
+      self.meta["growth_smoothed_loss"] = loss
     best = self.meta["growth_best_loss"]
     if best is None or loss < best - self.cfg.min_delta:
       self.meta["growth_best_loss"], self.meta["growth_stale"] = loss, 0
@@ -239,6 +252,11 @@ class BatchGrowth:
         not self.cfg.max_batch_size or grown * self.base <= self.cfg.max_batch_size):
       self.meta["batch_accumulate"], self.meta["growth_stale"] = grown, 0
       print(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}", flush=True)
+
+
+def _objective_options(config) -> dict:
+  options = config.train.get("objective_options")
+  return options.to_dict() if options is not None else {}
 
 
 def _initial_params(config, model_config, optimizer, mesh, rules, shardings, abstract, logical, state):

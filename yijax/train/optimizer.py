@@ -1,6 +1,16 @@
-"""optax AdamW with warmup + cosine / warmup-stable-decay / constant schedules."""
+"""optax AdamW with warmup + cosine / warmup-stable-decay / constant / Hugging Face cosine schedules.
+
+`hf_cosine` is transformers' `get_cosine_schedule_with_warmup` as the HF
+Trainer drives it (the Yao et al. unlearning recipe): lr * step / warmup
+during warmup (so the first update has lr 0 when warmup > 0), then
+lr * 0.5 * (1 + cos(pi * progress)) down to 0, where progress =
+(step - warmup) / max(1, steps - warmup). `warmup_ratio` > 0 sets warmup to
+ceil(ratio * steps) like the Trainer's `warmup_ratio`.
+"""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +18,7 @@ import optax
 
 from yijax.models.config import ConfigError
 
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "constant", "hf_cosine")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 
 
@@ -16,9 +26,11 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
   """cfg: the `optimizer` config section."""
   if cfg.schedule not in SCHEDULES:
     raise ConfigError(f"optimizer.schedule={cfg.schedule!r} is not one of {SCHEDULES}")
-  peak, warmup = float(cfg.lr), int(cfg.warmup_steps)
+  peak, warmup = float(cfg.lr), warmup_steps(cfg, total_steps)
   if warmup < 0 or warmup > total_steps:
     raise ConfigError(f"optimizer.warmup_steps={warmup} must be in [0, train.steps={total_steps}]")
+  if cfg.schedule == "hf_cosine":
+    return _hf_cosine(peak, warmup, total_steps)
   final = peak * float(cfg.min_lr_ratio)
   warm = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
   if cfg.schedule == "constant":
@@ -37,6 +49,24 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     return peak + (final - peak) * shape
 
   return optax.join_schedules([warm, optax.constant_schedule(peak), decay], [warmup, warmup + stable_steps])
+
+
+def warmup_steps(cfg, total_steps: int) -> int:
+  """optimizer.warmup_steps, or ceil(warmup_ratio * steps) when optimizer.warmup_ratio > 0."""
+  ratio = float(cfg.get("warmup_ratio", 0.0) or 0.0)
+  if not 0.0 <= ratio < 1.0:
+    raise ConfigError(f"optimizer.warmup_ratio={ratio} must be in [0, 1) (0 = use optimizer.warmup_steps)")
+  return int(math.ceil(ratio * total_steps)) if ratio > 0 else int(cfg.warmup_steps)
+
+
+def _hf_cosine(peak: float, warmup: int, total_steps: int) -> optax.Schedule:
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    decay = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+    return peak * jnp.where(step < warmup, step / max(1, warmup), decay)
+
+  return schedule
 
 
 def decay_mask(params, no_decay=("norm", "embed")):

@@ -58,7 +58,7 @@ def init_state(config: ModelConfig, optimizer, mesh, rules, seed: int, params=No
 
 
 def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, vocab_chunk: int,
-                    microbatches: int, objective: str = "lm", freeze_mask=None):
+                    microbatches: int, objective: str = "lm", freeze_mask=None, objective_options=None):
   """train_step(state, batch, reference=None) -> (state, metrics); one update from `microbatches` passes.
 
   The objective (objectives.py) returns summed losses and a denominator;
@@ -69,7 +69,7 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
   params of 0/1 arrays broadcastable to each parameter (layer freezing).
   """
   objective_fn = objectives.resolve(objective)
-  options = {"z_loss": z_loss, "vocab_chunk": vocab_chunk}
+  options = {**dict(objective_options or {}), "z_loss": z_loss, "vocab_chunk": vocab_chunk}
 
   def grads_of(params, batch, reference):
     def f(p):

@@ -66,8 +66,11 @@ def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
   if config.eval.batches > 0 and config.eval.batch_size % batch_shards:
     raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of the {batch_shards} "
                       "batch shards of the mesh")
-  if config.optimizer.warmup_steps > train.steps:
-    raise ConfigError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds train.steps={train.steps}")
+  from yijax.train import optimizer as opt_lib
+
+  warmup = opt_lib.warmup_steps(config.optimizer, train.steps)
+  if warmup > train.steps:
+    raise ConfigError(f"optimizer.warmup_steps={warmup} exceeds train.steps={train.steps}")
   tokenizer_path, token_bytes = _check_data(config, model_config, prepare_default_data)
   return RunPlan(model_config, mesh, rules, tokenizer_path, token_bytes)
 

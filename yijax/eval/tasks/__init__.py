@@ -1,0 +1,102 @@
+"""The offline evaluation battery: named tasks built from a seed, scored by one call.
+
+  build_task("arith", seed=0) -> Task(name, kind, items | data)
+  evaluate_tasks(config, params, tokenizer, ["arith", "facts", "bpb_code", "my_task.jsonl"], seed=0)
+      -> {"arith": {"acc", "acc_norm", "acc_add", "acc_compare"}, "facts": {"acc", ..., "acc_k16"},
+          "bpb_code": {"bits_per_byte", "loss"}, "my_task.jsonl": {"acc", "acc_norm"}}
+  pretraining_sources(prepared_dir, tokenizer_path, seed) -> ["facts", "arith"]
+
+| task        | kind            | built from                                  | default size  | chance |
+|-------------|-----------------|---------------------------------------------|---------------|--------|
+| bpb_docs    | bpb             | held-out python_docs text (all 8 KB)        | <= 128 KiB    | -      |
+| bpb_code    | bpb             | held-out python_code text (seeded sample)   | <= 128 KiB    | -      |
+| cloze_docs  | multiple choice | next held-out line among 4 (python_docs)    | <= 200 items  | 0.25   |
+| cloze_code  | multiple choice | next held-out line among 4 (python_code)    | 200 items     | 0.25   |
+| arith       | multiple choice | 2-3 digit addition (4) / comparison (2)     | 200 items     | 0.375  |
+| induction   | induction       | random token spans, repeated                | 64 x 32 tokens| ~0     |
+| facts       | multiple choice | invented capitals seen k = 0..16 times      | 6 x 20 items  | 0.25   |
+
+Any other name that is a path to a JSONL file of lm-evaluation-harness-style
+examples ({"context", "choices", "answer"[, "group"]}: ARC, HellaSwag, ...
+exported to that format) is scored the same way as `yijax eval
+--multiple_choice`. The builders live in corpus_tasks.py (held-out corpus),
+synthetic.py (arith, facts, induction and their text), pretraining.py (the
+text as prepared sources) and runner.py (scoring).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from yijax.eval.tasks import corpus_tasks, synthetic
+from yijax.eval.tasks.base import Task
+from yijax.eval.tasks.pretraining import pretraining_sources, with_shares
+from yijax.eval.tasks.runner import evaluate_task, evaluate_tasks, file_task, is_task_file
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "bpb_docs": corpus_tasks.build_bpb,
+    "bpb_code": corpus_tasks.build_bpb,
+    "cloze_docs": corpus_tasks.build_cloze,
+    "cloze_code": corpus_tasks.build_cloze,
+    "arith": synthetic.build_arith,
+    "induction": synthetic.build_induction,
+    "facts": synthetic.build_facts,
+}
+
+__all__ = ["TASKS", "Task", "build_task", "evaluate_task", "evaluate_tasks", "pretraining_sources", "with_shares",
+           "write_jsonl"]
+
+
+def _accepted(builder: Callable) -> set[str]:
+  return set(inspect.signature(builder).parameters) - {"name", "seed", "tokenizer"}
+
+
+def known_options() -> set[str]:
+  """Every build option some battery task takes."""
+  return set().union(*(_accepted(b) for b in TASKS.values()))
+
+
+def check_options(options: dict, extra=()) -> None:
+  """An option no task (and no scorer in `extra`) takes is a typo: name it and the valid ones."""
+  unknown = sorted(set(options) - known_options() - set(extra))
+  if unknown:
+    raise ValueError(f"unknown task option(s) {unknown}; valid: {', '.join(sorted(known_options() | set(extra)))}")
+
+
+def build_task(name: str, seed: int = 0, tokenizer=None, _lenient: bool = False, **options) -> Task:
+  """The task `name` (a battery name or a JSONL path) built from `seed`.
+
+  Options a builder does not take are an error (ignored with _lenient, as
+  evaluate_tasks passes one option set to every task). `tokenizer` is only
+  read by induction (its ordinary piece ids and BOS).
+  """
+  if name not in TASKS:
+    if is_task_file(name):
+      return file_task(name)
+    raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)} or give a path to a JSONL file "
+                     "of {\"context\", \"choices\", \"answer\"} examples")
+  builder = TASKS[name]
+  accepted = _accepted(builder)
+  if not _lenient:
+    rejected = sorted(set(options) - accepted)
+    if rejected:
+      raise ValueError(f"task {name!r} takes no option(s) {rejected}; its options: {', '.join(sorted(accepted))}")
+  kwargs = {k: v for k, v in options.items() if k in accepted}
+  if "tokenizer" in inspect.signature(builder).parameters:
+    kwargs["tokenizer"] = tokenizer
+  return builder(name, seed, **kwargs)
+
+
+def write_jsonl(task: Task, path: str) -> str:
+  """A multiple-choice task's items as a JSONL file (for `yijax eval --multiple_choice` or lm-eval).
+
+  Scored elsewhere, the cloze tasks need target delimiter "" (lm-eval's
+  `target_delimiter: ""`); the battery applies it itself.
+  """
+  from yijax.eval.multiple_choice import write_records
+
+  if task.kind != "multiple_choice":
+    raise ValueError(f"task {task.name!r} is {task.kind}, not multiple choice: it has no JSONL form")
+  write_records(path, task.items)
+  return path

@@ -1,0 +1,121 @@
+"""Stages of the unlearning study (experiments/unlearning): its data and its evaluation.
+
+  prepare_data  the document sets (splits.py) -> JSONL -> a tokenizer (unless given) ->
+                STAGE/prepared (one prepared source per set), with the chunk count of each set
+  evaluate      every model (original, retrain, each unlearning run) on the evaluation
+                sets + Min-K% membership inference; one JSON per model under STAGE/models/,
+                so a killed evaluation resumes where it stopped
+
+Both are `python` stages: fn(args, stage_dir, context) -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from yijax.data import chunked
+from yijax.unlearning import splits
+
+PREPARED = "prepared"
+MODELS = "models"
+
+
+def _tokenizer(args, stage_dir: str, train_text: str) -> str:
+  """args.tokenizer, or a BPE tokenizer trained on the pretraining text only."""
+  from yijax.data.tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
+
+  if args.get("tokenizer"):
+    return Tokenizer(args.tokenizer).path
+  out = os.path.join(stage_dir, "tokenizer")
+  if not os.path.exists(os.path.join(out, MODEL_FILE)):
+    sample = os.path.join(stage_dir, "tokenizer_sample.txt")
+    with open(sample, "w", encoding="utf-8") as f, open(train_text, encoding="utf-8") as docs:
+      for line in docs:
+        f.write(json.loads(line)["text"] + "\n")
+    train_tokenizer([sample], int(args.vocab_size), out)
+    os.remove(sample)
+  return Tokenizer(out).path
+
+
+def prepare_data(args, stage_dir: str, context) -> dict:
+  """args: kind ("embedded": budgets, code_doc_bytes, prose_doc_bytes | "paths": paths {set: JSONL}),
+  tokenizer ("" = train one of vocab_size on the pretraining set), chunk_len, add_bos, add_eos,
+  required_chunks {set: chunks that must exist}."""
+  from yijax.data import pipeline, prepare
+
+  text_dir = os.path.join(stage_dir, "text")
+  if args.kind == "embedded":
+    sets = splits.embedded_sets(dict(args.budgets), tuple(args.code_doc_bytes), tuple(args.prose_doc_bytes))
+    paths = splits.write_jsonl(sets, text_dir)
+  elif args.kind == "paths":
+    paths = dict(args.paths)
+    missing = [name for name, path in paths.items() if not os.path.isfile(path)]
+    if missing:
+      raise FileNotFoundError(f"unlearning sets {missing} not found at {[paths[m] for m in missing]}; set "
+                              "stages.data.args.paths.<set> to JSONL files with a `text` field")
+  else:
+    raise ValueError(f"stages.data.args.kind={args.kind!r}: choose 'embedded' or 'paths'")
+  if "pretrain" not in paths and not args.get("tokenizer"):
+    raise ValueError("stages.data.args.tokenizer is required with kind='paths' (the model's tokenizer.model)")
+  tokenizer = _tokenizer(args, stage_dir, paths.get("pretrain", ""))
+  specs = [prepare.SourceSpec(name, "train", (path,), "text", "jsonl") for name, path in sorted(paths.items())]
+  out = os.path.join(stage_dir, PREPARED)
+  manifest = prepare.prepare(specs, tokenizer, out, num_workers=1, progress=False)
+  manifest = pipeline.read_manifest(out, "train", sorted(paths))
+  bos, eos = chunked.special_ids(manifest, bool(args.add_bos), bool(args.add_eos))
+  summary = {"tokenizer": tokenizer, "prepared": out, "sets": {}}
+  for name in sorted(paths):
+    entry = manifest["splits"]["train"][name]
+    table = chunked.plan_chunks(manifest, "train", name, int(args.chunk_len), bos is not None, eos is not None)
+    summary["sets"][name] = {"documents": entry["documents"], "bytes": entry["bytes"], "tokens": entry["tokens"],
+                             "chunks": len(table)}
+  for name, needed in dict(args.get("required_chunks", {})).items():
+    have = summary["sets"][name]["chunks"]
+    if have < needed:
+      raise ValueError(f"set {name!r} has {have} chunks of {args.chunk_len} tokens but the study needs {needed}; "
+                       "raise its byte budget (stages.data.args.budgets) or lower the chunk counts")
+  print(json.dumps(summary["sets"], indent=1), flush=True)
+  return summary
+
+
+def load_eval_sets(prepared: str, sets, chunk_len: int, add_bos: bool, add_eos: bool) -> dict[str, list]:
+  """{name: chunks} for sets {name: [source, count]} (the first `count` chunks of each source)."""
+  return {name: chunked.load_chunks(prepared, "train", source, chunk_len, add_bos, add_eos, num_chunks=int(count))
+          for name, (source, count) in dict(sets).items()}
+
+
+def evaluate(args, stage_dir: str, context) -> dict:
+  """args: models {name: model or run dir}, prepared, sets {name: [source, count]}, chunk_len, add_bos,
+  add_eos, ks, batch_size. Writes STAGE/models/<name>.json; skips models already evaluated."""
+  from yijax.train import params_io
+  from yijax.unlearning import evaluate as metrics
+
+  sets = load_eval_sets(args.prepared, args.sets, int(args.chunk_len), bool(args.add_bos), bool(args.add_eos))
+  out_dir = os.path.join(stage_dir, MODELS)
+  os.makedirs(out_dir, exist_ok=True)
+  summary = {}
+  for name, path in dict(args.models).items():
+    result_path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.exists(result_path):
+      config, params = params_io.load_model(path)
+      result = metrics.evaluate_model(config, params, sets, int(args.chunk_len), ks=[float(k) for k in args.ks],
+                                      batch_size=int(args.batch_size))
+      result["model"] = os.path.abspath(path)
+      with open(result_path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+      os.replace(result_path + ".tmp", result_path)
+    result = json.load(open(result_path))
+    summary[name] = {s: round(result[s]["perplexity"], 4) for s in sets}
+    line = ", ".join(f"{s} ppl {v:.2f}" for s, v in summary[name].items())
+    auc = result.get("mia", {}).get("auc", {})
+    print(f"[evaluate] {name}: {line}" + (f", MIA AUC(K=100) {auc.get('100', np.nan):.3f}" if auc else ""),
+          flush=True)
+  return {"models": len(summary)}
+
+
+def read_results(stage_dir: str, names) -> dict[str, dict]:
+  """The per-model results an evaluate stage wrote."""
+  return {name: json.load(open(os.path.join(stage_dir, MODELS, f"{name}.json"))) for name in names}

@@ -1,11 +1,17 @@
 """yijax eval --ckpt=DIR [--data=PREPARED_DIR] [--multiple_choice=FILE.jsonl ...] [--tasks=arith,facts,... --seed=0]
+yijax eval --run_dir=RUN --tasks=arith,facts,layer_cosine,... [--steps=100,200 --output=FILE]
 yijax eval needle --ckpt=DIR --out=DIR [--min_length=1000 --max_length=N --num_lengths=40 --num_depths=10 ...]
+yijax eval mia --ckpt=DIR --members=FILE --nonmembers=FILE [--tokenizer=PATH --chunk_len=N --k=30,40,50,60,100 --out=FILE]
 
 Perplexity and bits per byte on held-out prepared data (packing- and
 mask-aware), and multiple-choice accuracy (acc, acc_norm) scored the way
 lm-evaluation-harness scores it. `needle` runs the needle-in-a-haystack grid
 of Fu et al. (2024) instead (yijax/eval/needle.py): OUT/needle.jsonl
-(resumable) and OUT/needle.png. Prints one JSON object; --output writes it.
+(resumable) and OUT/needle.png. `--run_dir` scores every kept checkpoint of a run
+(or a directory of converted Hugging Face checkpoints ordered by tokens seen) and
+appends one JSON line per (checkpoint, task, metric) to RUN/eval/checkpoints.jsonl:
+killed and rerun, it neither repeats nor skips a pair. `mia` is Min-K% Prob
+membership inference (yijax/eval/mia.py). Prints one JSON object; --output writes it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ def define_flags(fv, argv):
                     "arith, induction, facts, and/or JSONL task paths", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "seed the --tasks are built from (facts: the seed of their pretraining text)",
                        flag_values=fv)
+  flags.DEFINE_string("run_dir", None, "evaluate every kept checkpoint of this run (or a directory of converted "
+                      "Hugging Face checkpoints) on --tasks; appends to DIR/eval/checkpoints.jsonl, resumable",
+                      flag_values=fv)
+  flags.DEFINE_list("steps", None, "with --run_dir: only these checkpoint steps", flag_values=fv)
   _define_needle_flags(fv)
+  _define_mia_flags(fv)
 
 
 def _define_needle_flags(fv):
@@ -57,6 +68,16 @@ def _define_needle_flags(fv):
   flags.DEFINE_integer("max_new_tokens", 50, "needle: greedy tokens decoded per cell", flag_values=fv)
 
 
+def _define_mia_flags(fv):
+  from yijax.eval import mia
+
+  flags.DEFINE_string("members", None, "mia: JSONL of member texts (`text` field), e.g. the forget set",
+                      flag_values=fv)
+  flags.DEFINE_string("nonmembers", None, "mia: JSONL of non-member texts, e.g. the approximate set", flag_values=fv)
+  flags.DEFINE_integer("chunk_len", 0, "mia: tokens per chunk (0 = min(4096, model.max_seq_len))", flag_values=fv)
+  flags.DEFINE_list("k", [str(k) for k in mia.DEFAULT_KS], "mia: Min-K% percentages", flag_values=fv)
+
+
 def run(fv, args):
   from yijax.data import pipeline
   from yijax.data.tokenizer import Tokenizer
@@ -64,9 +85,21 @@ def run(fv, args):
   from yijax.train import params_io
 
   if args:
-    if args[0] != "needle":
-      raise UsageError(f"unknown eval mode {args[0]!r}: use `yijax eval needle ...` or no positional argument")
-    return _run_needle(fv)
+    if args[0] == "needle":
+      return _run_needle(fv)
+    if args[0] == "mia":
+      from yijax.eval import mia
+
+      if fv.output and not fv.out:
+        fv.out = fv.output
+      try:
+        return mia.run_mia(fv)
+      except ValueError as e:
+        raise UsageError(str(e)) from None
+    raise UsageError(f"unknown eval mode {args[0]!r}: use `yijax eval needle ...`, `yijax eval mia ...` or no "
+                     "positional argument")
+  if fv.run_dir:
+    return _run_checkpoints(fv)
   if not fv.ckpt:
     raise UsageError("--ckpt is required")
   if not fv.data and not fv.multiple_choice and not fv.tasks:
@@ -116,6 +149,24 @@ def run(fv, args):
   if fv.output:
     with open(fv.output, "w") as f:
       f.write(text + "\n")
+  return 0
+
+
+def _run_checkpoints(fv):
+  from yijax.eval import checkpoints
+
+  if not fv.tasks:
+    raise UsageError("--run_dir needs --tasks=NAMES (battery task names, JSONL paths or layer_cosine)")
+  if fv.ckpt or fv.data or fv.multiple_choice:
+    raise UsageError("--run_dir evaluates the run's checkpoints on --tasks; drop --ckpt/--data/--multiple_choice")
+  try:
+    steps = [int(s) for s in fv.steps] if fv.steps else None
+  except ValueError:
+    raise UsageError(f"--steps={','.join(fv.steps)} must be integers, e.g. --steps=100,200") from None
+  out = checkpoints.evaluate_checkpoints(fv.run_dir, list(fv.tasks), out_path=fv.output, steps=steps, seed=fv.seed,
+                                         tokenizer_path=fv.tokenizer, options={"batch_size": fv.batch_size})
+  records = checkpoints.load_results(out)
+  print(json.dumps({"run_dir": os.path.abspath(fv.run_dir), "results": out, "records": len(records)}))
   return 0
 
 

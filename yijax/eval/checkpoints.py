@@ -105,7 +105,8 @@ def list_checkpoints(path: str) -> list[CheckpointInfo]:
 
 
 def read_done(results_path: str) -> set[tuple[str, str]]:
-  """(checkpoint, task) pairs whose lines are all present; a torn last line is dropped from the file."""
+  """(checkpoint, task) pairs whose lines are all present. The lines of a pair cut short by a kill (a torn
+  last line, a block missing metrics) are dropped from the file, so the rerun writes that pair once, whole."""
   if not os.path.exists(results_path):
     return set()
   lines, counts, expected = [], {}, {}
@@ -115,14 +116,15 @@ def read_done(results_path: str) -> set[tuple[str, str]]:
         record = json.loads(line)
       except ValueError:
         continue  # a write cut short by a kill
-      lines.append(line if line.endswith("\n") else line + "\n")
       key = (record["checkpoint"], record["task"])
+      lines.append((key, line if line.endswith("\n") else line + "\n"))
       counts[key] = counts.get(key, 0) + 1
       expected[key] = record["n_metrics"]
+  done = {key for key, n in counts.items() if n == expected[key]}
   with open(results_path + ".tmp", "w") as f:
-    f.writelines(lines)
+    f.writelines(line for key, line in lines if key in done)
   os.replace(results_path + ".tmp", results_path)
-  return {key for key, n in counts.items() if n == expected[key]}
+  return done
 
 
 def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None = None,

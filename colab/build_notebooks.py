@@ -145,7 +145,106 @@ else:
   print("transformers/torch not installed (pip install transformers torch): skipped loading the export")'''),
 ]
 
-NOTEBOOKS = {"quickstart.ipynb": QUICKSTART}
+STUDY_INSTALL = f'''\
+# Install yijax where it is missing (Colab): a clone of the repository, since the study configs live in its
+# experiments/ folder; in a local checkout or CI, where yijax is importable, nothing happens.
+import importlib, importlib.util, os, subprocess, sys
+
+if importlib.util.find_spec("yijax") is None:
+  if not os.path.exists("yijax-src"):
+    subprocess.run(["git", "clone", "-q", "https://github.com/{GITHUB_REPO}", "yijax-src"], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "yijax-src"], check=True)
+  sys.path.insert(0, os.path.abspath("yijax-src"))
+  importlib.invalidate_caches()'''
+
+SHOW_RESULTS = '''\
+import glob
+import json
+
+from IPython.display import Image, Markdown, display
+
+for workdir in WORKDIRS:
+  display(Markdown(open(os.path.join(workdir, "report.md")).read()))
+  for png in sorted(glob.glob(os.path.join(workdir, "*.png"))):
+    print(os.path.relpath(png))
+    display(Image(filename=png))'''
+
+
+def study_notebook(name: str, title: str, intro: str, studies: list[str], data_dir_override: bool) -> list:
+  """Cells that run `yijax experiment` at smoke scale for each study, then show report.md and every PNG."""
+  readmes = ", ".join(f"`experiments/{s}/README.md`" for s in studies)
+  run = f'''\
+import yijax
+from yijax import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(yijax.__file__)))  # the checkout: experiments/ lives there
+SCALE = "smoke"  # "cpu" reproduces the README's table (tens of minutes to an hour on 2 CPU cores)
+WORKDIRS = []
+for study in {studies!r}:
+  workdir = os.path.abspath(f"runs/colab-{{study}}-{{SCALE}}")
+  args = [f"--config={{ROOT}}/experiments/{{study}}/config.py:{{SCALE}}", f"--workdir={{workdir}}"]
+'''
+  if data_dir_override:
+    run += '''\
+  if os.environ.get("YIJAX_NOTEBOOK_DATA"):  # an already prepared embedded corpus (CI reuses its own)
+    args.append(f"--config.data_dir={os.environ['YIJAX_NOTEBOOK_DATA']}")
+'''
+  run += '''\
+  assert cli.main(["yijax", "experiment", "--dry_run", *args]) == 0  # the plan: one JSON line per stage
+  assert cli.main(["yijax", "experiment", *args]) == 0  # rerunning skips finished stages
+  WORKDIRS.append(workdir)'''
+  return [
+      ("markdown", f"""\
+{colab_link(name)}
+
+# {title}
+
+{intro}
+
+This notebook runs the **smoke** scale (a micro model, a few steps: minutes on a
+free Colab CPU) to show the whole pipeline and its plots; the measured cpu-scale
+results and the protocol are in {readmes}."""),
+      ("code", STUDY_INSTALL),
+      ("code", BACKEND),
+      ("markdown", "## Run the study\n\nEvery stage is a normal yijax run with its own directory; a study "
+                   "killed at any point resumes where it stopped when the cell is rerun."),
+      ("code", run),
+      ("markdown", "## Results: `report.md` and the plots"),
+      ("code", SHOW_RESULTS),
+  ]
+
+
+CHECKPOINT_DYNAMICS = study_notebook(
+    "checkpoint_dynamics.ipynb", "Checkpoint dynamics (\"The Fine Line\", Yang et al. 2024)",
+    "Three model sizes trained on the same data order; the offline battery (bits per byte, cloze, "
+    "arithmetic, induction, facts) on every kept checkpoint; curves against tokens and FLOPs, the Spearman "
+    "matrix of task trajectories within and across domains, which domain moves first, and where downstream "
+    "metrics decouple from the loss.", ["checkpoint_dynamics"], data_dir_override=False)
+
+STABILITY_GAP = study_notebook(
+    "stability_gap.ipynb", "The stability gap of continual pretraining (Guo et al. 2024)",
+    "A small model pretrained on the embedded corpus and a synthetic \"world A\" is continually pretrained on "
+    "a \"world B\" domain: domain and general accuracy first dip, then recover. The arms compare the "
+    "full-domain baseline with the paper's three strategies (a subset for several epochs, its highest-quality "
+    "part, a pretraining-like mixture) and controls (replay, rewarm, freezing).", ["stability_gap"],
+    data_dir_override=False)
+
+UNLEARNING = study_notebook(
+    "unlearning.ipynb", "Machine unlearning of a pretrained model (Yao et al., ACL 2024)",
+    "A tiny Yi-architecture model pretrained over seen code and prose unlearns a forget set of modules with "
+    "the gradient-ascent family of methods; perplexity and accuracy on forget, approximate, retain and general "
+    "sets and Min-K% membership inference before and after, against a model retrained without the forget set.",
+    ["unlearning"], data_dir_override=False)
+
+GROWTH = study_notebook(
+    "growth.ipynb", "Growing models in depth: Yi-9B depth up-scaling and G_stack",
+    "`depth_upscaling`: pretrain an 8-layer model, pick the block to duplicate by Yi's layer-cosine rule, grow "
+    "it to 12 layers and continue with batch growth on plateau. `growth`: G_stack (Du et al. 2024), a small "
+    "model stacked in depth at several growth points, its loss against FLOPs compared with training the target "
+    "from scratch.", ["depth_upscaling", "growth"], data_dir_override=True)
+
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "checkpoint_dynamics.ipynb": CHECKPOINT_DYNAMICS,
+             "stability_gap.ipynb": STABILITY_GAP, "unlearning.ipynb": UNLEARNING, "growth.ipynb": GROWTH}
 
 
 def build(cells) -> nbformat.NotebookNode:

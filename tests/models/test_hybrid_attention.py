@@ -9,7 +9,7 @@ import torch
 from yijax import models
 from yijax.convert import hf
 from yijax.eval import generate
-from yijax.models import rope
+from yijax.models import presets, rope
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.train import params_io
 
@@ -120,3 +120,26 @@ def test_layout_errors():
     HYBRID.replace(attention_pattern="SFSF").validate()
   with pytest.raises(ConfigError, match="kv_share_group=3"):
     HYBRID.replace(kv_share_group=3).validate()
+
+
+def test_yi_lightning_tiny_trains_with_yijax_train(tmp_path, prepared_data):
+  """configs/pretrain/yi_lightning_tiny.py: MoE + sliding/full layers + KV sharing through `yijax train`."""
+  import json
+
+  from yijax import cli
+
+  config = presets.get("yi_lightning_tiny")
+  assert config.num_experts == 16 and config.attention_pattern == "SSFF" and config.kv_share_group == 2
+  workdir = tmp_path / "lightning"
+  assert cli.main(["yijax", "train", "--config=configs/pretrain/yi_lightning_tiny.py", f"--workdir={workdir}",
+                   f"--config.data.prepared_dir={prepared_data}", "--config.model.sliding_window=16",
+                   "--config.model.hidden_size=64", "--config.model.num_heads=4", "--config.model.head_dim=16",
+                   "--config.train.steps=4", "--config.train.batch_size=8", "--config.model.num_experts=8", "--config.train.seq_len=64",
+                   "--config.train.progress_bar=False", "--config.optimizer.warmup_steps=1",
+                   "--config.optimizer.lr=3e-3", "--config.eval.batches=0"]) == 0
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in rows][-1] == 4 and all(np.isfinite(r["loss"]) for r in rows)
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert any(k.startswith("moe/") or "aux" in k for k in rows[-1])  # the router's losses/metrics are logged
+  saved = json.load(open(workdir / "config.json"))
+  assert saved["model"]["attention_pattern"] == "SSFF" and saved["model"]["sliding_window"] == 16

@@ -44,6 +44,11 @@ PRESETS: dict[str, ModelConfig] = {
         aux_loss_coef=0.001,
     ),
 }
+# Yi-Lightning in miniature: the tiny MoE with hybrid attention. Pairs of layers share one K/V
+# (kv_share_group=2); the first pair (dense FFN) attends in a 128-token sliding window, the second
+# (MoE: 16 experts top-2 + 1 shared) to everything.
+PRESETS["yi_lightning_tiny"] = dataclasses.replace(
+    PRESETS["moe_tiny"], attention_pattern="SSFF", sliding_window=128, kv_share_group=2, first_dense_layers=2)
 
 
 def get(name: str) -> ModelConfig:

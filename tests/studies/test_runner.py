@@ -126,3 +126,12 @@ def test_graph_errors():
   study.stages.b.kind = "magic"
   with pytest.raises(ConfigError, match="kind='magic'"):
     runner.check_graph(study)
+
+
+def test_repo_relative_function_references_resolve_from_any_directory(tmp_path, monkeypatch):
+  from yijax.studies import stages
+
+  monkeypatch.chdir(tmp_path)
+  assert callable(stages.resolve_function("experiments/moe/analysis.py:analyze"))
+  with pytest.raises(ConfigError, match="nowhere.py does not exist"):
+    stages.resolve_function("experiments/nowhere.py:analyze")

@@ -17,13 +17,18 @@ from yijax.models.config import ConfigError
 
 
 def resolve_function(ref: str) -> Callable:
-  """"pkg.module:fn" or "file.py:fn" -> the function."""
+  """"pkg.module:fn" or "file.py:fn" -> the function. A relative file path is looked up from the current
+  directory, then from the yijax checkout (so "experiments/<study>/analysis.py:fn" works from anywhere)."""
   target, _, fn_name = ref.partition(":")
   if not fn_name:
     raise ConfigError(f"function reference {ref!r} must look like 'package.module:function' or 'file.py:function'")
   if target.endswith(".py"):
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists(target) and not os.path.isabs(target) and os.path.exists(os.path.join(checkout, target)):
+      target = os.path.join(checkout, target)
     if not os.path.exists(target):
-      raise ConfigError(f"function reference {ref!r}: {target} does not exist")
+      raise ConfigError(f"function reference {ref!r}: {target} does not exist (relative paths are looked up from "
+                        f"the current directory and from {checkout})")
     spec = importlib.util.spec_from_file_location(f"_yijax_stage_{abs(hash(target))}", target)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -3,6 +3,7 @@ logs the same per-step losses, bit for bit, as an uninterrupted run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,10 +61,11 @@ def _start_and_signal(workdir, data_dir, at_step, sig):
 def straight(tmp_path_factory, prepared_data):
   workdir = tmp_path_factory.mktemp("straight")
   _run(workdir, prepared_data)
-  return _losses(workdir)
+  return _losses(workdir), workdir
 
 
 def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path, prepared_data, straight):
+  straight, _ = straight
   assert [s for s, _, _ in straight] == list(range(1, 25))
   workdir = tmp_path / "killed"
   code, _ = _start_and_signal(workdir, prepared_data, at_step=9, sig=signal.SIGKILL)
@@ -78,7 +80,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path, prepared_data, st
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, prepared_data, straight):
   workdir = tmp_path / "done"
-  _run(workdir, prepared_data)
+  shutil.copytree(straight[1], workdir)  # a finished run (rerunning in place would not move it)
   before = (workdir / "metrics.jsonl").read_text()
   result = _run(workdir, prepared_data)
   assert "resumed" in result.stdout

@@ -69,3 +69,25 @@ def prepared_data(tmp_path_factory):
   out = tmp_path_factory.mktemp("embedded")
   prepare.prepare_embedded(str(out), 4096, sample_mb=1.0, progress=False)
   return str(out)
+
+
+def execute_notebook(path, tmp_path, monkeypatch, prepared_data):
+  """Runs a colab/ notebook top to bottom headless (nbclient, python3 kernel, one CPU device, small
+  settings, the session's prepared data) with tmp_path as its working directory; returns the notebook."""
+  import nbclient
+  import nbformat
+
+  monkeypatch.setenv("YIJAX_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("YIJAX_NOTEBOOK_DATA", prepared_data)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")  # a Colab CPU runtime
+  notebook = nbformat.read(path, as_version=4)
+  client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+  return notebook
+
+
+def notebook_images(notebook) -> int:
+  return sum(1 for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+             if o.get("output_type") == "display_data" and "image/png" in o.get("data", {}))

@@ -1,10 +1,9 @@
 """Every colab/*.ipynb is what colab/build_notebooks.py generates, and runs top to bottom headless
 (nbclient, a python3 kernel, CPU, YIJAX_NOTEBOOK_SMALL=1: a few steps of a 2-layer model).
 
-The quickstart and checkpoint-dynamics notebooks execute in every CI run. The other study notebooks run
-the same smoke studies that tests/studies/ and tests/unlearning/ already run through `yijax experiment`,
-so CI checks their code and their studies' plans (`--dry_run`), and executes them in full when
-YIJAX_TEST_ALL_NOTEBOOKS=1 (to keep the suite within its time budget)."""
+Every notebook executes in every CI run. A study notebook whose smoke study a study test checks in
+detail is executed by that test (EXECUTED_ELSEWHERE), so the study runs once, not twice.
+"""
 
 import ast
 import glob
@@ -19,7 +18,7 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
-ALWAYS_EXECUTED = ("quickstart.ipynb", "checkpoint_dynamics.ipynb")
+EXECUTED_ELSEWHERE = {"growth.ipynb": "tests/studies/test_growth_studies.py"}
 
 
 def _builder():
@@ -40,23 +39,16 @@ def test_notebooks_are_generated_and_stored_without_outputs():
                for c in notebook.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if os.path.basename(p) not in EXECUTED_ELSEWHERE],
+                         ids=os.path.basename)
 def test_notebook_runs_headless(path, tmp_path, monkeypatch, prepared_data):
-  if os.path.basename(path) not in ALWAYS_EXECUTED and os.environ.get("YIJAX_TEST_ALL_NOTEBOOKS") != "1":
-    pytest.skip("its study's smoke scale is tested under tests/; YIJAX_TEST_ALL_NOTEBOOKS=1 executes it too")
-  monkeypatch.setenv("YIJAX_NOTEBOOK_SMALL", "1")
-  monkeypatch.setenv("YIJAX_NOTEBOOK_DATA", prepared_data)
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")  # a Colab CPU runtime
-  notebook = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
-  client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+  from conftest import execute_notebook, notebook_images
+
+  notebook = execute_notebook(path, tmp_path, monkeypatch, prepared_data)
+  assert notebook_images(notebook) >= 1  # a loss curve or a study's plots
   if os.path.basename(path) == "quickstart.ipynb":
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "largest logit difference" in outputs or "skipped loading the export" in outputs
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in notebook.cells if c.cell_type == "code" for o in c.outputs)  # the loss plot
     assert os.path.isdir(tmp_path / "runs" / "colab-quickstart" / "checkpoints")
 
 
@@ -77,3 +69,10 @@ def test_study_notebook_code_parses_and_its_studies_plan(path, tmp_path):
     assert os.path.exists(config), config
     assert cli.main(["yijax", "experiment", f"--config={config}:smoke", f"--workdir={tmp_path / study}",
                      "--dry_run"]) == 0
+
+
+def test_notebooks_executed_elsewhere_are_executed_there():
+  for name, test_file in EXECUTED_ELSEWHERE.items():
+    assert os.path.join(ROOT, "colab", name) in NOTEBOOKS
+    source = open(os.path.join(ROOT, test_file)).read()
+    assert f'"{name}"' in source and "execute_notebook(" in source, test_file

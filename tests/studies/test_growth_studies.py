@@ -11,14 +11,18 @@ from yijax.train import params_io
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _experiment(study, workdir, prepared_data, *extra):
-  return cli.main(["yijax", "experiment", f"--config={ROOT}/experiments/{study}/config.py:smoke",
-                   f"--workdir={workdir}", f"--config.data_dir={prepared_data}", *extra])
+def test_growth_notebook_runs_both_smoke_studies(tmp_path, monkeypatch, prepared_data):
+  """colab/growth.ipynb runs `yijax experiment` at smoke scale for depth_upscaling and growth (this is
+  the notebook's CI execution: tests/test_notebooks.py leaves it to this test); then both are checked."""
+  from conftest import execute_notebook, notebook_images
+
+  notebook = execute_notebook(os.path.join(ROOT, "colab", "growth.ipynb"), tmp_path, monkeypatch, prepared_data)
+  assert notebook_images(notebook) >= 3  # layer_cosine.png, loss_vs_tokens.png, growth.png
+  check_depth_upscaling(tmp_path / "runs" / "colab-depth_upscaling-smoke")
+  check_growth(tmp_path / "runs" / "colab-growth-smoke")
 
 
-def test_depth_upscaling_smoke(tmp_path, prepared_data):
-  workdir = tmp_path / "depth"
-  assert _experiment("depth_upscaling", workdir, prepared_data) == 0
+def check_depth_upscaling(workdir):
   results = json.load(open(workdir / "results.json"))
   assert {"layer_cosine.png", "loss_vs_tokens.png", "report.md"} <= set(os.listdir(workdir))
   # the rule's block: 4 contiguous layers inside 1..5, the highest mean cosine among the candidates
@@ -43,9 +47,7 @@ def test_depth_upscaling_smoke(tmp_path, prepared_data):
   assert f"{start}..{end - 1}" in report and "control (8L)" in report
 
 
-def test_growth_smoke(tmp_path, prepared_data):
-  workdir = tmp_path / "growth"
-  assert _experiment("growth", workdir, prepared_data) == 0
+def check_growth(workdir):
   results = json.load(open(workdir / "results.json"))
   assert {"growth.png", "report.md"} <= set(os.listdir(workdir))
   arms = results["arms"]

@@ -1,47 +1,62 @@
-"""The unlearning study end to end at smoke scale through `yijax experiment`, and the paper plan."""
+"""The unlearning study end to end at smoke scale through the study runner, and the paper plan.
+
+In-process (no `yijax experiment` subprocess: the CLI path is tests/studies/test_runner.py's) and two of
+the smoke scale's three arms: ascent + descent (paired retain rows, per-sequence factors) and ascent + KL
+to the general set (the frozen reference model inside the step); plain ascent differs from the first only
+in its objective, which tests/unlearning/test_objectives.py checks against numpy.
+"""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from yijax import configlib
+from yijax.studies import runner
 
 CONFIG = "experiments/unlearning/config.py"
+ARMS = ("ga_gd_in_lr0_ep2", "ga_kl_general_lr0_ep2")
 
 
-def _experiment(*args):
-  result = subprocess.run([sys.executable, "-m", "yijax.cli", "experiment", *args], capture_output=True, text=True,
-                          timeout=900)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result.stdout
+def _smoke_study():
+  study = configlib.load_config(f"{CONFIG}:smoke")
+  with study.unlocked():
+    del study.stages["ga_lr0_ep2"]
+    del study.stages.evaluate.args.models["ga_lr0_ep2"]
+    study.stages.evaluate.depends_on = [d for d in study.stages.evaluate.depends_on if d != "ga_lr0_ep2"]
+    study.stages.report.args.arms = [a for a in study.stages.report.args.arms if a["name"] in ARMS]
+  return study
 
 
 def test_smoke_study_writes_results_report_and_plot(tmp_path):
-  workdir = tmp_path / "study"
-  _experiment(f"--config={CONFIG}:smoke", f"--workdir={workdir}")
-  results = json.loads((workdir / "results.json").read_text())
-  assert set(results["arms"]) == {"ga_lr0_ep2", "ga_gd_in_lr0_ep2", "ga_kl_general_lr0_ep2"}
-  assert [results["arms"][a]["steps"] for a in sorted(results["arms"])] == [4, 4, 2]  # paired: half the forget rows
+  study = _smoke_study()
+  first = runner.run_study(study, str(tmp_path))
+  assert {"data", "pretrain", "retrain", *ARMS, "evaluate", "report"} == set(first["ran"])
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["arms"]) == set(ARMS)
+  assert [results["arms"][a]["steps"] for a in ARMS] == [4, 4]  # 32 forget chunks, 4 per step (paired), 2 epochs
+  data = first["summaries"]["data"]["sets"]
+  assert data["retrain"]["tokens"] == data["pretrain"]["tokens"] - data["forget"]["tokens"] > 0  # gold: no forget set
+  assert dict(study.stages.retrain.run.data.sources) == {"retrain": 1.0}
   original = results["original"]
   for row in [original, results["retrain"], *results["arms"].values()]:
     assert all(row[f"{s}_ppl"] > 1 and 0 <= row[f"{s}_acc"] <= 1 for s in results["sets"])
-    assert 0.5 <= row["mia_auc"] <= 1
+    assert 0.5 <= row["mia_auc"] <= 1 and set(row["mia_auc_by_k"]) == {"30", "40", "50", "60", "100"}
   for arm in results["arms"].values():
     assert arm["retrain_over_unlearn_flops"] > 1
-  assert results["arms"]["ga_lr0_ep2"]["forget_ppl"] > original["forget_ppl"]  # ascent raised the forget loss
+    assert arm["forget_ppl"] > original["forget_ppl"]  # the ascent raised the forget loss
+  kl = results["arms"]["ga_kl_general_lr0_ep2"]
+  assert kl["flops"] > results["arms"]["ga_gd_in_lr0_ep2"]["flops"]  # + the reference model's forward passes
   assert results["proxy"]["retrain_forget_ppl"] == results["retrain"]["forget_ppl"]
-  report = (workdir / "report.md").read_text()
+  assert set(results["robustness"]) == {"ga_gd_in", "ga_kl_general"}
+  report = (tmp_path / "report.md").read_text()
   assert "retrain (gold)" in report and "ascent + KL (general)" in report
-  assert (workdir / "forget_vs_general.png").stat().st_size > 1000
-  rerun = _experiment(f"--config={CONFIG}:smoke", f"--workdir={workdir}")
-  assert "ran nothing" in rerun
+  assert (tmp_path / "forget_vs_general.png").stat().st_size > 1000
+  assert runner.run_study(study, str(tmp_path))["ran"] == []  # resumes: every stage done
 
 
 def test_paper_dry_run_plans_the_reference_recipe(tmp_path):
-  plan = [json.loads(line) for line in _experiment(f"--config={CONFIG}:paper", f"--workdir={tmp_path}",
-                                                    "--dry_run").splitlines() if line.startswith("{")]
+  study = configlib.load_config(f"{CONFIG}:paper")
+  plan = runner.run_study(study, str(tmp_path), dry_run=True)["plan"]
   arms = [p for p in plan if p["kind"] == "train"]
   assert len(arms) == 7 and not (tmp_path / "data").exists()
   for arm in arms:
@@ -49,8 +64,11 @@ def test_paper_dry_run_plans_the_reference_recipe(tmp_path):
     paired = arm["stage"].startswith(("ga_gd", "ga_kl"))  # 340 forget + 340 retain chunks per step
     assert arm["steps"] == (8 if paired else 4)
   study = configlib.load_config(f"{CONFIG}:paper", {"paths.model": "/models/yi"})
-  assert study.stages.ga_kl_in_lr0_ep1.run.train.reference_from == "/models/yi"
-  assert study.stages.ga_kl_in_lr0_ep1.run.optimizer.schedule == "hf_cosine"
+  run = study.stages.ga_kl_in_lr0_ep1.run
+  assert run.train.reference_from == "/models/yi" and run.train.init_from == "/models/yi"
+  assert (run.optimizer.schedule, run.optimizer.warmup_ratio, run.optimizer.weight_decay, run.optimizer.lr) == (
+      "hf_cosine", 0.03, 0.0, 2e-5)
+  assert run.data.chunked.paired_source == "retain" and run.data.chunked.factor == -1.0
 
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu"], ids=["cpu_scale", "gpu_scale"])  # "gpu" alone marks a GPU test

@@ -1,0 +1,192 @@
+"""Stages of the long-context study (experiments/long_context): pass-key data, the needle grid, the report.
+
+  prepare_data  a tokenizer trained on filler, pass-key sentences and the embedded corpus -> STAGE/prepared:
+                `passkey` (filler sentences with "The pass key is K. Remember it." at a random depth, the
+                question and K at the end; most documents short, some up to the target length) and the
+                embedded corpus (python_docs, python_code); STAGE/haystack.txt (held-out filler)
+  needle        the needle grid of one model for several pass keys (yijax/eval/needle.py), the
+                per-cell mean over keys in STAGE/needle.jsonl and its heatmap STAGE/needle.png
+
+Pass keys come from a small fixed set (KEYS): random keys would need an induction head that a tiny
+model on CPU does not form quickly (tests/eval/test_needle.py); with a fixed set the question is the
+same for every key, so answering right means reading the needle. A model that ignores the needle
+answers one key for all and scores at most 1/len(keys) averaged over the keys it is asked.
+All are `python` stages: fn(args, stage_dir, context) -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+PREPARED = "prepared"
+HAYSTACK = "haystack.txt"
+KEYS = ("71432", "28195", "50376", "64819", "93057", "15284", "37960", "82641")
+NOUNS = "grass sky sun river tree road house cat dog bird stone cloud moon field door lamp book chair wind rain".split()
+ADJECTIVES = ("green blue yellow long tall wide old small quiet bright dark warm cold soft red heavy calm loud "
+              "empty full").split()
+
+
+def filler(rng: np.random.Generator, sentences: int) -> str:
+  """Random filler sentences ("The sky is blue."): each noun has its adjective, the order is random."""
+  return " ".join(f"The {NOUNS[i]} is {ADJECTIVES[i]}." for i in rng.integers(len(NOUNS), size=sentences))
+
+
+def passkey_task(key: str):
+  from yijax.eval import needle
+
+  return needle.NeedleTask(needle=f"The pass key is {key}. Remember it.", question=needle.PASSKEY.question,
+                           answer=key, template=needle.PASSKEY.template)
+
+
+def document_lengths(rng: np.random.Generator, count: int, min_tokens: int, short_max: int, long_max: int,
+                     long_fraction: float) -> np.ndarray:
+  """Document lengths in tokens: a `long_fraction` of them log-uniform in (short_max, long_max], the
+  rest uniform in [min_tokens, short_max] (a natural-looking mixture: most documents short, most long
+  tokens in few documents)."""
+  short = rng.integers(min_tokens, short_max + 1, size=count)
+  if long_max <= short_max or long_fraction <= 0:
+    return short
+  long = np.exp(rng.uniform(np.log(short_max + 1), np.log(long_max), size=count)).astype(np.int64)
+  return np.where(rng.random(count) < long_fraction, long, short)
+
+
+def passkey_documents(tokenizer, rng: np.random.Generator, lengths, keys=KEYS) -> list[list[int]]:
+  """Token ids of pass-key documents of about the given lengths: filler with the needle at a uniform
+  depth (on a sentence boundary), the question, " K" and nothing else (the pipeline adds bos/eos)."""
+  from yijax.eval import needle
+
+  docs = []
+  for length in lengths:
+    key = keys[rng.integers(len(keys))]
+    builder = needle.PromptBuilder(tokenizer, passkey_task(key))
+    answer = tokenizer.encode(" " + key)
+    prompt_tokens = max(int(length) - len(answer), builder.fixed_tokens + 2)
+    hay = needle.Haystack(tokenizer, filler(rng, prompt_tokens // 5 + 2))  # ~6 tokens a sentence
+    docs.append(builder.build(hay, prompt_tokens, float(rng.uniform(0, 100))).ids + answer)
+  return docs
+
+
+def _tokenizer(stage_dir: str, vocab_size: int, embedded_mb: float, seed: int):
+  from yijax.data import corpus
+  from yijax.data.tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
+
+  out = os.path.join(stage_dir, "tokenizer")
+  if not os.path.exists(os.path.join(out, MODEL_FILE)):
+    sample = os.path.join(stage_dir, "tokenizer_sample.txt")
+    corpus.sample_text(sample, int(embedded_mb * 2**20))
+    rng = np.random.default_rng(seed + 7)
+    with open(sample, "a", encoding="utf-8") as f:
+      for i in range(2000):
+        key = KEYS[i % len(KEYS)]
+        f.write(f"{filler(rng, 5)}\n{passkey_task(key).parts()[1]}{filler(rng, 3)}\n"
+                f"{passkey_task(key).question} {key}\n")
+    train_tokenizer([sample], vocab_size, out)
+    os.remove(sample)
+  return Tokenizer(out)
+
+
+def prepare_data(args, stage_dir: str, context) -> dict:
+  """args: seed, vocab_size, tokenizer_embedded_mb, embedded_max_docs (0 = all), passkey_documents,
+  min_tokens, short_max (the pretraining length), long_max (the target length), long_fraction,
+  haystack_sentences."""
+  from yijax.data import prepare
+
+  tokenizer = _tokenizer(stage_dir, args.vocab_size, args.tokenizer_embedded_mb, args.seed)
+  out = os.path.join(stage_dir, PREPARED)
+  embedded, fingerprint = prepare.embedded_specs(out, max_docs=args.embedded_max_docs or None)
+  manifest = prepare.prepare(embedded, tokenizer.path, out, num_workers=1, progress=False,
+                             corpus_fingerprint=fingerprint)
+  meta = dict(tokenizer.meta(), path=tokenizer.path)
+  rng = np.random.default_rng(args.seed)
+  lengths = document_lengths(rng, args.passkey_documents, args.min_tokens, args.short_max, args.long_max,
+                             args.long_fraction)
+  docs = passkey_documents(tokenizer, rng, lengths)
+  manifest = prepare.write_token_source(out, "train", "passkey", docs, meta)
+  val_lengths = document_lengths(rng, max(args.passkey_documents // 20, 8), args.min_tokens, args.short_max,
+                                 args.long_max, args.long_fraction)
+  manifest = prepare.write_token_source(out, "validation", "passkey", passkey_documents(tokenizer, rng, val_lengths),
+                                        meta)
+  with open(os.path.join(stage_dir, HAYSTACK), "w", encoding="utf-8") as f:
+    f.write(filler(np.random.default_rng(args.seed + 1000), args.haystack_sentences) + "\n")
+  sizes = np.array([len(d) for d in docs])
+  long = sizes > args.short_max
+  summary = {"tokenizer": tokenizer.path, "prepared": out, "haystack": os.path.join(stage_dir, HAYSTACK),
+             "tokens": {f"{split}/{name}": entry["tokens"] for split, sources in manifest["splits"].items()
+                        for name, entry in sources.items()},
+             "passkey_documents": len(docs), "passkey_long_documents": int(long.sum()),
+             "passkey_long_token_share": float(sizes[long].sum() / sizes.sum()),
+             "passkey_max_tokens": int(sizes.max())}
+  print(json.dumps(summary, indent=1), flush=True)
+  return summary
+
+
+def length_buckets(records, edges) -> dict[str, float]:
+  """Mean score of the cells whose length is in (edges[i], edges[i+1]], keyed "lo-hi"."""
+  out = {}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    scores = [r["score"] for r in records if lo < r["length"] <= hi]
+    if scores:
+      out[f"{lo + 1}-{hi}"] = float(np.mean(scores))
+  return out
+
+
+def needle_stage(args, stage_dir: str, context) -> dict:
+  """args: model (a run or model dir), tokenizer, haystack (a text file), min_length, max_length,
+  num_lengths, num_depths, pass_keys (pass keys, each its own grid, averaged per cell; [] = the default
+  San Francisco needle of Fu et al.), max_new_tokens, batch_size, train_length (the dashed line), title, bucket_edges."""
+  from yijax.data.tokenizer import Tokenizer
+  from yijax.eval import needle
+  from yijax.eval.generate import Generator
+  from yijax.train import params_io
+
+  config, params = params_io.load_model(args.model)
+  tokenizer = Tokenizer(args.tokenizer)
+  text = open(args.haystack, encoding="utf-8").read()
+  haystack = needle.Haystack(tokenizer, text)
+  lengths = needle.context_lengths(args.min_length, args.max_length, args.num_lengths)
+  depths = needle.needle_depths(args.num_depths)
+  generator = Generator(config, params)
+  tasks = {key: passkey_task(key) for key in args.pass_keys} if args.pass_keys else {"default": needle.NeedleTask()}
+  per_key = {}
+  for key, task in tasks.items():
+    per_key[key] = needle.run_needle(
+        config, params, tokenizer, lengths, depths, task=task, haystack=haystack,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, add_bos=True,
+        results_path=os.path.join(stage_dir, f"needle_{key}.jsonl"), generator=generator,
+        model_id=os.path.abspath(args.model), log=print)
+  records = []
+  for cell, *rows in zip(*per_key.values()):
+    records.append({"length": cell["length"], "depth": cell["depth"],
+                    "score": float(np.mean([r["score"] for r in (cell, *rows)])),
+                    "by_key": {k: r["score"] for k, r in zip(per_key, (cell, *rows))},
+                    "outputs": {k: r["output"] for k, r in zip(per_key, (cell, *rows))}})
+  with open(os.path.join(stage_dir, needle.RESULTS_FILE), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  mean = needle.mean_score(records)
+  title = f"{args.title}\nrope_theta {config.rope_theta:g}, trained at {args.train_length}: mean {mean:.3f}"
+  needle.plot_heatmap(records, os.path.join(stage_dir, needle.HEATMAP_FILE), train_length=args.train_length,
+                      title=title)
+  summary = {"mean_score": mean, "cells": len(records), "lengths": lengths, "depths": depths,
+             "keys": list(tasks), "rope_theta": config.rope_theta, "max_seq_len": config.max_seq_len,
+             "by_length": length_buckets(records, list(args.bucket_edges)),
+             "compilations": dict(generator.trace_counts)}
+  print(json.dumps(summary), flush=True)
+  return summary
+
+
+def prepare_paths(args, stage_dir: str, context) -> dict:
+  """The paper-scale data from files: args.tokenizer, args.sources {name: JSONL path or glob}."""
+  from yijax.data import prepare
+
+  sources = dict(args.sources)
+  if not sources or not args.tokenizer:
+    raise ValueError("stages.data.args needs tokenizer and sources; set --config.paths.tokenizer=PATH and "
+                     "--config.paths.sources.<name>=GLOB")
+  out = os.path.join(stage_dir, PREPARED)
+  manifest = prepare.prepare([prepare.parse_source(f"{name}={path}") for name, path in sources.items()],
+                             args.tokenizer, out, progress=False)
+  return {"prepared": out, "tokens": {f"{s}/{n}": e["tokens"] for s, src in manifest["splits"].items()
+                                      for n, e in src.items()}}

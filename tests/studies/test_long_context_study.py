@@ -58,3 +58,19 @@ def test_long_context_study_smoke(tmp_path):
 
   again = runner.run_study(study, str(tmp_path))  # finished: a rerun skips every stage
   assert again["ran"] == [] and len(again["skipped"]) == len(study.stages)
+
+
+def test_long_context_paper_plan(tmp_path):
+  """--dry_run of the paper scale: Yi-6B from a path, 4K -> 128K with the base raised, ~4M-token batches,
+  5B tokens at a constant 2e-5 on the per-source upsampled mixture, the needle grid before and after."""
+  plan = {p["stage"]: p for p in runner.run_study(configlib.load_config("experiments/long_context/config.py:paper"),
+                                                   str(tmp_path / "paper"), dry_run=True)["plan"]}
+  assert set(plan) == {"data", "extend", "needle_before", "needle_after"}
+  extend = plan["extend"]
+  assert extend["init_from"] == "checkpoints/yi_6b" and extend["model_params"] > 6e9
+  assert extend["seq_len"] == 131072 and extend["batch_size"] * extend["seq_len"] == 4 * 2**20
+  assert abs(extend["tokens"] - 5e9) < 0.01 * 5e9 and extend["lr"] == 2e-5 and extend["schedule"] == "constant"
+  assert extend["rope_theta"] == 2 * 5e6 and extend["length_upsampling"] == "per_source"
+  assert plan["needle_before"]["args"]["model"] == "checkpoints/yi_6b"
+  assert plan["needle_after"]["args"]["max_length"] == 131072 and plan["needle_after"]["args"]["num_lengths"] == 40
+  assert not (tmp_path / "paper").exists()

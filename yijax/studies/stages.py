@@ -72,6 +72,8 @@ def describe(name: str, stage, workdir: str) -> dict[str, Any]:
         "steps": train.steps, "batch_size": train.batch_size, "seq_len": train.seq_len,
         "tokens": train.steps * train.batch_size * train.seq_len,
         "init_from": stage.run.train.init_from or None, "mesh": dict(stage.run.mesh),
+        "rope_theta": model.rope_theta, "lr": stage.run.optimizer.lr, "schedule": stage.run.optimizer.schedule,
+        "length_upsampling": stage.run.data.length_upsampling.mode,
     })
   elif stage.kind in KINDS:
     out["fn"] = stage.get("fn")

@@ -52,7 +52,7 @@ SCALES = {
     # one H100 (not measured): 8 layers x 512, 1024 -> 16384 tokens
     "gpu": dict(
         model=dict(num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=2, head_dim=64, mlp_dim=1408,
-                   vocab_size=4096, dtype="bfloat16"),
+                   vocab_size=4096, dtype="bfloat16", attention_impl="auto"),
         data=dict(vocab_size=4096, tokenizer_embedded_mb=2.0, embedded_max_docs=0, passkey_documents=40000,
                   min_tokens=64, long_fraction=0.1, haystack_sentences=20000),
         short=1024, long=16384, pretrain=(2000, 32, 1e-3), extend=(200, 8, 1e-4), theta=(10_000.0, 1_000_000.0),
@@ -86,8 +86,8 @@ def _run(model: dict, seq_len: int, steps: int, batch: int, lr: float, schedule:
       "eval.every_steps": 0, "eval.batches": 0, "checkpoint.every_steps": max(1, steps // 2),
       "checkpoint.keep_last": 1, "data.prepared_dir": prepared,
   }
-  if seq_len >= 1024:
-    overrides["model.attention_impl"] = "blockwise"  # memory linear in the length (CPU/anywhere)
+  if seq_len >= 1024:  # blockwise: memory linear in the length on CPU; GPU scales name their own
+    overrides["model.attention_impl"] = model.get("attention_impl", "blockwise")
   config = configlib.apply_overrides(config, overrides)
   with config.unlocked():
     config.data.sources = dict(mixture or MIXTURE)

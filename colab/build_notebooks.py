@@ -219,7 +219,7 @@ CHECKPOINT_DYNAMICS = study_notebook(
     "Three model sizes trained on the same data order; the offline battery (bits per byte, cloze, "
     "arithmetic, induction, facts) on every kept checkpoint; curves against tokens and FLOPs, the Spearman "
     "matrix of task trajectories within and across domains, which domain moves first, and where downstream "
-    "metrics decouple from the loss.", ["checkpoint_dynamics"], data_dir_override=False)
+    "metrics decouple from the loss.", ["checkpoint_dynamics"], data_dir_override=True)
 
 STABILITY_GAP = study_notebook(
     "stability_gap.ipynb", "The stability gap of continual pretraining (Guo et al. 2024)",

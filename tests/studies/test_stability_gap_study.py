@@ -9,9 +9,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = f"--config={ROOT}/experiments/stability_gap/config.py:smoke"
 
 
-def test_stability_gap_smoke(tmp_path, capsys):
-  workdir = tmp_path / "sg"
-  assert cli.main(["yijax", "experiment", CONFIG, f"--workdir={workdir}"]) == 0
+def test_stability_gap_notebook_runs_the_smoke_study(tmp_path, monkeypatch, prepared_data, capsys):
+  """colab/stability_gap.ipynb runs the smoke study (the notebook's CI execution); then it is checked."""
+  from conftest import execute_notebook, notebook_images
+
+  notebook = execute_notebook(os.path.join(ROOT, "colab", "stability_gap.ipynb"), tmp_path, monkeypatch,
+                              prepared_data)
+  assert notebook_images(notebook) >= 2
+  workdir = tmp_path / "runs" / "colab-stability_gap-smoke"
   results = json.load(open(workdir / "results.json"))
   assert {"curves.png", "relative_update.png", "report.md"} <= set(os.listdir(workdir))
   arms = results["arms"]

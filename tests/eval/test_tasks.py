@@ -150,3 +150,50 @@ def test_every_task_scores_and_a_jsonl_path_is_a_task(tmp_path, arith_tokenizer)
   assert set(results[str(path)]) == {"acc", "acc_norm", "acc_add"}
   with pytest.raises(ValueError, match=r"unknown task option\(s\) \['num_itmes'\]"):
     tasks.evaluate_tasks(config, params, arith_tokenizer, ["arith"], num_itmes=3)
+
+
+ARITH_RUN_CONFIG = '''
+import ml_collections
+from yijax import configlib
+from yijax.models import presets
+from yijax.train.config import base_config
+
+
+def get_config():
+  config = base_config("tiny")
+  config.model = presets.config_dict("tiny", vocab_size=300, hidden_size=64, num_layers=2, num_heads=4,
+                                     num_kv_heads=2, head_dim=16, mlp_dim=192, max_seq_len=128)
+  config = configlib.apply_overrides(config, {
+      "train.steps": 800, "train.batch_size": 16, "train.seq_len": 64, "train.progress_bar": False,
+      "optimizer.lr": 3e-3, "optimizer.warmup_steps": 10, "eval.batches": 0, "checkpoint.every_steps": 800})
+  with config.data.unlocked():
+    config.data.prepared_dir = "DATA"
+    config.data.sources = {"arith": 1.0}
+  return config
+'''
+
+
+def test_a_model_trained_on_the_arith_text_beats_chance_and_an_untrained_one_does_not(tmp_path, arith_tokenizer):
+  """800 steps of `yijax train` on the arith pretraining text alone (one CPU device, ~35 s): measured
+  acc 0.565 (comparison 0.86) against the untrained initialization's 0.385; chance is 0.375."""
+  import subprocess
+  import sys
+
+  from yijax.train import params_io
+
+  data = tmp_path / "data"
+  tasks.pretraining_sources(str(data), arith_tokenizer.path, seed=5, facts=False, arith_examples=20000)
+  config = tmp_path / "arith_run.py"
+  config.write_text(ARITH_RUN_CONFIG.replace("DATA", str(data)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "yijax.cli", "train", f"--config={config}",
+                           f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config, trained = params_io.load_model(str(tmp_path / "run"))
+  untrained = models.init_params(config, jax.random.key(0))
+  scores = {name: tasks.evaluate_tasks(config, params, arith_tokenizer, ["arith"], seed=0, num_items=200,
+                                       batch_size=64)["arith"] for name, params in (("trained", trained),
+                                                                                    ("untrained", untrained))}
+  chance = tasks.build_task("arith", 0, num_items=200).chance
+  assert scores["untrained"]["acc"] <= chance + 0.075, scores
+  assert scores["trained"]["acc"] >= chance + 0.125 and scores["trained"]["acc_compare"] >= 0.7, scores

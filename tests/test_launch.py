@@ -50,7 +50,7 @@ def test_tpu_dry_run_is_what_the_readme_documents(capsys, monkeypatch):
   assert gcloud[0][4:7] == ["scp", "dist/yijax-src.tar.gz", "yi-v4-16:yijax-src.tar.gz"]
   remote = gcloud[-1][-1]
   assert remote.startswith("--command=cd ~/yijax && ") and remote.endswith(
-      "yijax train --config=configs/pretrain/tiny.py --workdir=/mnt/shared/runs/tiny "
+      "yijax train --config=configs/pretrain/tiny.py --workdir=gs://my-bucket/runs/tiny "
       "--config.distributed.enabled=true")
 
 
@@ -97,16 +97,19 @@ def test_usage_errors_name_the_fix(capsys):
   assert code == 1 and "--tpu is required" in err
 
 
-def test_gs_workdir_is_printed_by_a_dry_run_and_refused_by_a_launch(capsys, monkeypatch):
+def test_gs_workdir_is_launched_and_other_url_schemes_are_refused(capsys, monkeypatch):
   monkeypatch.chdir(ROOT)
   command = ["--", "yijax", "train", "--config=configs/pretrain/tiny.py", "--workdir=gs://bucket/runs/x"]
   code, out, err = _launch(["yijax", "launch", "tpu", "--tpu=x", "--sync=none", "--dry_run", *command], capsys)
   assert code == 0 and "--workdir=gs://bucket/runs/x --config.distributed.enabled=true'" in out
-  assert "gcsfuse" in err
-  code, _, err = _launch(["yijax", "launch", "tpu", "--tpu=x", "--sync=none", *command], capsys)
-  assert code == 1 and "--workdir=gs://bucket/runs/x" in err and "gcsfuse" in err
-  code, _, err = _launch(["yijax", "train", "--workdir=gs://bucket/runs/x"], capsys)
-  assert code == 1 and "gcsfuse" in err  # yijax train itself refuses it before touching anything
+  assert "workdir" not in err  # gs:// is a run directory every worker reaches
+  s3 = [a.replace("gs://", "s3://") for a in command]
+  code, out, err = _launch(["yijax", "launch", "tpu", "--tpu=x", "--sync=none", "--dry_run", *s3], capsys)
+  assert code == 0 and "--workdir=s3://bucket/runs/x" in out and "s3:// is not a supported run directory" in err
+  code, _, err = _launch(["yijax", "launch", "tpu", "--tpu=x", "--sync=none", *s3], capsys)
+  assert code == 1 and "--workdir=s3://bucket/runs/x" in err and "gs://BUCKET/PATH" in err
+  code, _, err = _launch(["yijax", "train", "--config=configs/pretrain/tiny.py", "--workdir=s3://bucket/runs/x"], capsys)
+  assert code == 1 and "only local paths and gs://" in err  # yijax train itself refuses it before touching anything
 
 
 def _fake_tools(tmp_path, monkeypatch, fail_on=""):

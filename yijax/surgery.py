@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yijax import paths
 from yijax.models.config import ConfigError, ModelConfig
 
 NEW_LAYERS = ("copy", "zero", "random")
@@ -292,8 +293,8 @@ def grow_model_dir(source: str, out: str, order: Sequence[int], new_layers: str 
   if primary:
     shutil.rmtree(tmp, ignore_errors=True)
   params_io.save_model(tmp, grown, new_config)
-  step_dir = os.path.dirname(location.params_dir)
-  has_data = os.path.isdir(os.path.join(step_dir, "data"))
+  step_dir = paths.parent(location.params_dir)
+  has_data = paths.isdir(paths.join(step_dir, "data"))
   summary = {
       "source": step_dir, "order": list(check_order(order, config.num_layers)), "new_layers": new_layers,
       "seed": seed, "source_layers": config.num_layers, "layers": new_config.num_layers,
@@ -303,9 +304,9 @@ def grow_model_dir(source: str, out: str, order: Sequence[int], new_layers: str 
   if not primary:
     return summary
   if location.tokenizer:
-    shutil.copy(location.tokenizer, os.path.join(tmp, params_io.TOKENIZER))
+    paths.copy_file(location.tokenizer, os.path.join(tmp, params_io.TOKENIZER))
   if has_data:
-    shutil.copytree(os.path.join(step_dir, "data"), os.path.join(tmp, "data"))
+    paths.copy_tree(paths.join(step_dir, "data"), os.path.join(tmp, "data"))
   with open(os.path.join(tmp, SURGERY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
   if os.path.exists(out):

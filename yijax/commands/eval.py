@@ -21,6 +21,7 @@ import os
 
 from absl import flags
 
+from yijax import paths
 from yijax.cli import UsageError
 
 
@@ -108,7 +109,7 @@ def run(fv, args):
   location = params_io.locate_model(fv.ckpt)
   config, params = params_io.load_model(fv.ckpt)
   config = config.replace(remat_policy="none")
-  results: dict = {"ckpt": os.path.abspath(fv.ckpt)}
+  results: dict = {"ckpt": paths.resolve(fv.ckpt, "--ckpt")}
   tokenizer_path = fv.tokenizer or location.tokenizer
   if fv.data:
     data_cfg = pipeline.default_data_config()
@@ -159,6 +160,11 @@ def _run_checkpoints(fv):
     raise UsageError("--run_dir needs --tasks=NAMES (battery task names, JSONL paths or layer_cosine)")
   if fv.ckpt or fv.data or fv.multiple_choice:
     raise UsageError("--run_dir evaluates the run's checkpoints on --tasks; drop --ckpt/--data/--multiple_choice")
+  if "://" in fv.run_dir:
+    raise UsageError(f"--run_dir={fv.run_dir}: evaluating every checkpoint appends to the run's "
+                     "eval/checkpoints.jsonl, which needs a local or mounted run directory; mount the bucket "
+                     "(gcsfuse) or copy the run (gcloud storage cp -r), or evaluate one step with "
+                     "--ckpt=gs://.../checkpoints/STEP")
   try:
     steps = [int(s) for s in fv.steps] if fv.steps else None
   except ValueError:
@@ -191,7 +197,7 @@ def _run_needle(fv):
       task=task, max_new_tokens=fv.max_new_tokens, batch_size=fv.batch_size, add_bos=fv.add_bos,
       model_id=location.params_dir)
   print(f"needle: mean score {summary['mean_score']:.3f} over {summary['cells']} cells")
-  text = json.dumps({"ckpt": os.path.abspath(fv.ckpt), "needle": summary}, indent=2)
+  text = json.dumps({"ckpt": paths.resolve(fv.ckpt, "--ckpt"), "needle": summary}, indent=2)
   print(text)
   if fv.output:
     with open(fv.output, "w") as f:

@@ -26,6 +26,11 @@ def run(fv, args):
   if fv.config is None or (not fv.workdir and not fv.dry_run):
     raise UsageError("--config and --workdir are required, e.g. yijax experiment "
                      "--config=experiments/moe/config.py:smoke --workdir=runs/moe_smoke")
+  if fv.workdir and "://" in fv.workdir:
+    raise UsageError(f"--workdir={fv.workdir}: a study directory must be a local or mounted path (its stages "
+                     "write reports, plots and evaluation logs with local file APIs); mount the bucket "
+                     "(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) or use a local directory. Single runs "
+                     "(`yijax train --workdir=gs://...`) take gs:// directly")
   if fv.dry_run:
     plan = runner.run_study(fv.config, fv.workdir or "DIR", dry_run=True)["plan"]
     for line in plan:

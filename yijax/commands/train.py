@@ -18,15 +18,16 @@ check_argv = check_config_overrides
 
 
 def run(fv, args):
+  from yijax import paths
   from yijax.train import loop
 
-  if fv.workdir and "://" in fv.workdir:  # os.path would turn gs://b/r into a local ./gs:/b/r on every host
-    from yijax.launch.common import unsupported_workdir_message
-
-    raise UsageError(unsupported_workdir_message(fv.workdir))
   if fv.config is None or not fv.workdir:
     raise UsageError("--config and --workdir are required, e.g. "
-                     "yijax train --config=configs/pretrain/tiny.py --workdir=runs/tiny")
+                     "yijax train --config=configs/pretrain/tiny.py --workdir=runs/tiny (or gs://BUCKET/runs/tiny)")
+  try:
+    paths.resolve(fv.workdir)  # an unsupported URL or a missing gcsfs fails here, before anything is built
+  except paths.PathError as e:
+    raise UsageError(str(e)) from None
   print(fv.config, flush=True)
   result = loop.train(fv.config, fv.workdir, evaluators=_extra_evaluators(fv.config))
   print(f"run dir: {fv.workdir}   (TensorBoard: tensorboard --logdir {fv.workdir}/tensorboard)")

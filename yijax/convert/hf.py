@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from yijax import paths
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.train import params_io
 
@@ -387,7 +388,7 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
   from safetensors.numpy import save_file
 
   location = params_io.locate_model(ckpt)
-  model_dir = os.path.dirname(location.params_dir)
+  model_dir = paths.parent(location.params_dir)
   config, params = params_io.load_model(ckpt, as_numpy=True)
   out_dtype = dtype or str(np.asarray(params["embed"]["embedding"]).dtype)
   if config.is_moe:
@@ -433,8 +434,8 @@ def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: 
     params_io.write_json(os.path.join(staging, "generation_config.json"),
                          {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False})
     for name in TOKENIZER_FILES:
-      if os.path.exists(os.path.join(model_dir, name)):
-        shutil.copy(os.path.join(model_dir, name), os.path.join(staging, name))
+      if paths.exists(paths.join(model_dir, name)):
+        paths.copy_file(paths.join(model_dir, name), os.path.join(staging, name))
     if location.tokenizer and not os.path.exists(os.path.join(staging, "tokenizer.model")):
-      shutil.copy(location.tokenizer, os.path.join(staging, "tokenizer.model"))
+      paths.copy_file(location.tokenizer, os.path.join(staging, "tokenizer.model"))
   return out

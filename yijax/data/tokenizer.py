@@ -15,6 +15,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from yijax import paths
+
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
 BOS_PIECE, EOS_PIECE = "<|startoftext|>", "<|endoftext|>"
@@ -27,9 +29,9 @@ def _sp():
 
 
 def resolve_model_path(path: str) -> str:
-  """A `.model` file, or a directory holding tokenizer.model."""
-  candidate = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
-  if not os.path.isfile(candidate):
+  """A `.model` file, or a directory holding tokenizer.model (local or gs://)."""
+  candidate = paths.join(path, MODEL_FILE) if paths.isdir(path) else path
+  if not paths.isfile(candidate):
     raise FileNotFoundError(
         f"no sentencepiece model at {path} (expected a .model file or a directory with {MODEL_FILE}); "
         "train one with `yijax tokenizer train --input=FILES --vocab_size=N --out=DIR`"
@@ -39,7 +41,7 @@ def resolve_model_path(path: str) -> str:
 
 def file_sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.path(path).open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -51,7 +53,9 @@ class Tokenizer:
   def __init__(self, path: str):
     self.path = resolve_model_path(path)
     processor = _sp().SentencePieceProcessor()
-    if not processor.Load(self.path):
+    loaded = (processor.LoadFromSerializedProto(paths.path(self.path).read_bytes()) if paths.is_url(self.path)
+              else processor.Load(self.path))
+    if not loaded:
       raise ValueError(f"{self.path} is not a sentencepiece model")
     self.processor = processor
     self.vocab_size = processor.GetPieceSize()

@@ -139,15 +139,20 @@ def workdir_of(train_argv: list[str]) -> str | None:
 
 
 def check_shared_workdir(train_argv: list[str]) -> None:
-  """Refuses a URL workdir (gs://...): the run directory must be a path every host sees."""
+  """Refuses a URL workdir of a scheme the run cannot write (gs:// and shared paths are fine)."""
   workdir = workdir_of(train_argv)
   if workdir and "://" in workdir:
-    raise LaunchError(unsupported_workdir_message(workdir))
+    message = unsupported_workdir_message(workdir)
+    if message:
+      raise LaunchError(message)
 
 
-def unsupported_workdir_message(workdir: str) -> str:
-  scheme = workdir.split("://", 1)[0]
-  return (f"--workdir={workdir}: {scheme}:// URLs are not supported as run directories yet (the run writes "
-          f"config.json, metrics.jsonl and TensorBoard events with local file APIs); give a path that every "
-          f"host sees instead: an NFS/Filestore mount or the bucket mounted with gcsfuse "
-          f"(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET, then --workdir=/mnt/BUCKET/runs/NAME)")
+def unsupported_workdir_message(workdir: str) -> str | None:
+  """Why a URL workdir cannot be a run directory (None when it can)."""
+  from yijax import paths
+
+  scheme, rest = workdir.split("://", 1)
+  if scheme in paths.SCHEMES and rest.strip("/"):
+    return None
+  return (f"--workdir={workdir}: {scheme}:// is not a supported run directory; give gs://BUCKET/PATH or a "
+          f"path that every host sees (an NFS/Filestore mount, or another store mounted on every host)")

@@ -9,8 +9,10 @@ Items of a step:
   model_config/  model_config.json
 
 orbax writes each step into a temporary directory and renames it when every
-item is committed, so a step dir is either complete or absent: a process
-killed mid-save leaves nothing that `latest_complete_step` would pick.
+item is committed (on GCS, which cannot rename, it writes the step in place and
+marks it finished with commit_success.txt), so a process killed mid-save
+leaves nothing that `latest_complete_step` would pick. WORKDIR may be a local
+path or a gs:// URL (see paths.py).
 Keep policy: the newest `keep_last` steps, every multiple of `keep_every`,
 `keep_log_spaced` log-spaced steps (saved and kept: dense early checkpoints
 for checkpoint-dynamics studies) and the listed `keep_steps` (saved and kept:
@@ -20,7 +22,6 @@ e.g. the growth points of a model-growth study).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
+from yijax import paths
 from yijax.train import params_io
 from yijax.train.params_io import MODEL_CONFIG, CheckpointError
 
@@ -85,21 +87,27 @@ def log_spaced_steps(total_steps: int, count: int) -> list[int]:
   return sorted({int(s) for s in np.round(np.geomspace(1, total_steps, count))})
 
 
+def complete_steps(checkpoints_dir: str) -> list[int]:
+  """The committed steps under a checkpoints dir, oldest first: orbax's finalized
+  steps (temporary dirs and, on GCS, steps without commit_success.txt left out)
+  that hold params."""
+  if not paths.isdir(checkpoints_dir):
+    return []
+  steps = ocp.step.checkpoint_steps(paths.path(checkpoints_dir))
+  return sorted(s for s in steps if paths.isdir(paths.join(checkpoints_dir, str(s), "params")))
+
+
 def latest_complete_step(checkpoints_dir: str) -> int | None:
-  """The newest committed step under a checkpoints dir (temporary dirs ignored)."""
-  steps = []
-  for name in os.listdir(checkpoints_dir):
-    full = os.path.join(checkpoints_dir, name)
-    if name.isdigit() and os.path.isdir(full) and os.path.exists(os.path.join(full, "params")):
-      steps.append(int(name))
-  return max(steps) if steps else None
+  """The newest committed step under a checkpoints dir (None when there is none)."""
+  steps = complete_steps(checkpoints_dir)
+  return steps[-1] if steps else None
 
 
 class RunCheckpointer:
   """Saves and restores a run's composite checkpoints (cfg: the `checkpoint` section)."""
 
   def __init__(self, workdir: str, cfg, total_steps: int = 0):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = paths.join(paths.resolve(workdir), "checkpoints")
     self.every = int(cfg.every_steps)
     self.extra_steps = set(log_spaced_steps(total_steps, int(cfg.get("keep_log_spaced", 0))))
     self.extra_steps |= {int(s) for s in cfg.get("keep_steps", ())}
@@ -141,7 +149,7 @@ class RunCheckpointer:
 
   def restore(self, step: int, abstract_params, abstract_opt_state, logical_specs=None):
     """(params, opt_state, meta, data_state) of `step`, placed as the abstract trees say."""
-    check_shapes(os.path.join(self.directory, str(step), "params"), abstract_params, logical_specs)
+    check_shapes(paths.join(self.directory, str(step), "params"), abstract_params, logical_specs)
     holder = _StateHolder()
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
@@ -172,15 +180,14 @@ def read_data_state(path: str, process_index: int = 0, process_count: int = 1) -
   """The data-iterator state saved with a checkpoint (a run dir's latest, a step dir, or a
   `yijax surgery` output made from one), for this process: what `train.init_data_state_from` reads."""
   location = params_io.locate_model(path)
-  state_file = os.path.join(os.path.dirname(location.params_dir), "data",
-                            f"process_{process_index}-of-{process_count}.json")
-  if not os.path.exists(state_file):
+  state_file = paths.join(paths.parent(location.params_dir), "data",
+                          f"process_{process_index}-of-{process_count}.json")
+  if not paths.exists(state_file):
     raise CheckpointError(
         f"{path} holds no data-iterator state for process {process_index} of {process_count} (expected "
         f"{state_file}); train.init_data_state_from needs a run dir or checkpoint step dir written by the "
         "same number of processes, or a `yijax surgery` output made from one")
-  with open(state_file) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(state_file))
 
 
 def _flat(tree, is_leaf=None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ WORKDIR/metrics.jsonl        one JSON object per step (step, loss, grad_norm, lr
 WORKDIR/eval.jsonl           held-out loss / perplexity / bits per byte at each evaluation
 WORKDIR/tensorboard/         the same as TensorBoard events
 WORKDIR/checkpoints/<step>/  orbax composite checkpoints (see checkpoint.py)
+
+WORKDIR is a local path (a shared mount on a multi-host run) or a gs:// URL.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import time
 from typing import Any, Callable, Sequence
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yijax import models, sharding
+from yijax import models, paths, sharding
 from yijax.models.config import ConfigError
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
@@ -74,13 +74,12 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   )
   plan = validation.check_run_config(config)  # everything that can fail, before compiling
   model_config, mesh, rules = plan.model_config, plan.mesh, plan.rules
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)
+  paths.makedirs(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    if plan.tokenizer_path and not os.path.exists(os.path.join(workdir, params_io.TOKENIZER)):
-      shutil.copy(plan.tokenizer_path, os.path.join(workdir, params_io.TOKENIZER))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    if plan.tokenizer_path and not paths.exists(paths.join(workdir, params_io.TOKENIZER)):
+      paths.copy_file(plan.tokenizer_path, paths.join(workdir, params_io.TOKENIZER))
   logging.info("resolved config:\n%s", config)
 
   optimizer, schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
@@ -159,6 +158,7 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     checkpointer.save(step_number, state.params, (state.opt_state, state.step, state.rng),
                       dict(meta, step=step_number, time=time.time()), pipeline.iterator_state(iterator),
                       json.loads(config.to_json_best_effort()), model_config)
+    writer.sync()  # the metrics up to a checkpoint are as durable as the checkpoint (remote workdirs)
 
   try:
     with _Preemption() as preemption:

@@ -2,6 +2,11 @@
 
 Only process 0 writes. On resume, lines after the restored step are dropped
 first, so the file of a resumed run reads like that of an uninterrupted one.
+
+A gs:// workdir cannot be appended to: the writer keeps the files in a local
+staging directory and uploads them whole (metrics, eval, TensorBoard events)
+every `sync_every_s` seconds, at every checkpoint and at the end; what a
+preemption loses after the last checkpoint is what resuming drops anyway.
 """
 
 from __future__ import annotations
@@ -9,10 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import jax
+
+from yijax import paths
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -45,29 +54,36 @@ def truncate_after(path: str, step: int) -> None:
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True, sync_every_s: float = 60.0):
     self.active = jax.process_index() == 0
     self.workdir = workdir
+    self.remote = paths.is_url(workdir)
+    self.sync_every_s = sync_every_s
     self._files = {}
     self._tb = None
+    self._last_sync = time.monotonic()
     if not self.active:
       return
+    self.local_dir = tempfile.mkdtemp(prefix="yijax-metrics-") if self.remote else workdir
     for name in (METRICS_FILE, EVAL_FILE):
-      truncate_after(os.path.join(workdir, name), resume_step)
+      if self.remote and paths.exists(paths.join(workdir, name)):
+        paths.copy_file(paths.join(workdir, name), os.path.join(self.local_dir, name))
+      truncate_after(os.path.join(self.local_dir, name), resume_step)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+        self._tb = SummaryWriter(os.path.join(self.local_dir, "tensorboard"), purge_step=resume_step + 1)
       except ImportError:
         self._tb = None
+    self.sync()
 
   def write(self, step: int, metrics: dict[str, Any], file: str = METRICS_FILE) -> None:
     if not self.active:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     if file not in self._files:
-      self._files[file] = open(os.path.join(self.workdir, file), "a")
+      self._files[file] = open(os.path.join(self.local_dir, file), "a")
     self._files[file].write(json.dumps(record) + "\n")
     self._files[file].flush()
     if self._tb is not None:
@@ -75,12 +91,31 @@ class MetricsWriter:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)):
           self._tb.add_scalar(prefix + key, value, step)
+    if self.remote and time.monotonic() - self._last_sync >= self.sync_every_s:
+      self.sync()
+
+  def sync(self) -> None:
+    """Uploads the staged files to a remote workdir (a local workdir is written in place)."""
+    self._last_sync = time.monotonic()
+    if not (self.active and self.remote):
+      return
+    if self._tb is not None:
+      self._tb.flush()
+    for root, _, names in os.walk(self.local_dir):
+      for name in names:
+        local = os.path.join(root, name)
+        paths.copy_file(local, paths.join(self.workdir, os.path.relpath(local, self.local_dir)))
 
   def close(self) -> None:
     for f in self._files.values():
       f.close()
+    self._files = {}
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
+    if self.active and self.remote:
+      self.sync()
+      shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 class Progress:

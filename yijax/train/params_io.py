@@ -6,14 +6,14 @@
 
 `yijax convert` writes this layout, and every training checkpoint step holds
 the same two entries, so `load_model` reads either (or a run directory, whose
-latest complete checkpoint it picks).
+latest complete checkpoint it picks). Any of them may be a local path or a
+gs:// URL (paths.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
+from yijax import paths
 
 MODEL_CONFIG = "model_config.json"
 PARAMS = "params"
@@ -34,13 +35,12 @@ class CheckpointError(ValueError):
 
 def save_model(directory: str, params: Any, config: ModelConfig) -> None:
   """Writes params and config to `directory` (which must not hold params yet)."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.resolve(directory, "model directory")
+  paths.makedirs(directory)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, PARAMS), params)
+  checkpointer.save(paths.path(paths.join(directory, PARAMS)), params)
   checkpointer.wait_until_finished()
-  with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
-    f.write(config.to_json())
+  paths.write_text(paths.join(directory, MODEL_CONFIG), config.to_json())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,21 +55,21 @@ class ModelLocation:
 def locate_model(path: str) -> ModelLocation:
   """A model dir, a training checkpoint step dir, or a run dir (its latest
   complete checkpoint; a half-written one is never taken)."""
-  path = os.path.abspath(path)
-  params_dir = os.path.join(path, PARAMS)
-  tokenizer = os.path.join(path, TOKENIZER)
-  for config_file in (os.path.join(path, MODEL_CONFIG), os.path.join(path, "model_config", MODEL_CONFIG)):
-    if os.path.exists(config_file) and os.path.isdir(params_dir):
-      run_tokenizer = os.path.join(os.path.dirname(os.path.dirname(path)), TOKENIZER)
-      found = tokenizer if os.path.exists(tokenizer) else run_tokenizer if os.path.exists(run_tokenizer) else None
+  path = paths.resolve(path, "model path")
+  params_dir = paths.join(path, PARAMS)
+  tokenizer = paths.join(path, TOKENIZER)
+  for config_file in (paths.join(path, MODEL_CONFIG), paths.join(path, "model_config", MODEL_CONFIG)):
+    if paths.exists(config_file) and paths.isdir(params_dir):
+      run_tokenizer = paths.join(paths.parent(paths.parent(path)), TOKENIZER)
+      found = tokenizer if paths.exists(tokenizer) else run_tokenizer if paths.exists(run_tokenizer) else None
       return ModelLocation(params_dir, config_file, found)
-  checkpoints = os.path.join(path, "checkpoints")
-  if os.path.isdir(checkpoints):
+  checkpoints = paths.join(path, "checkpoints")
+  if paths.isdir(checkpoints):
     from yijax.train import checkpoint as run_checkpoint
 
     step = run_checkpoint.latest_complete_step(checkpoints)
     if step is not None:
-      return locate_model(os.path.join(checkpoints, str(step)))
+      return locate_model(paths.join(checkpoints, str(step)))
   raise CheckpointError(
       f"{path} is not a yijax model: expected {MODEL_CONFIG} and {PARAMS}/ in it, a checkpoint step "
       "directory, or a run directory with a complete checkpoint under checkpoints/ (convert a Hugging "
@@ -79,12 +79,11 @@ def locate_model(path: str) -> ModelLocation:
 
 def resolve_model_dir(path: str) -> str:
   """The directory that holds the model's params/ (see locate_model)."""
-  return os.path.dirname(locate_model(path).params_dir)
+  return paths.parent(locate_model(path).params_dir)
 
 
 def read_model_config(path: str) -> ModelConfig:
-  with open(locate_model(path).config_file) as f:
-    return ModelConfig.from_json(f.read())
+  return ModelConfig.from_json(paths.read_text(locate_model(path).config_file))
 
 
 def load_model(path: str, dtype: str | None = None, shardings: Any = None,

@@ -1,0 +1,145 @@
+"""gs:// run directories, against a local GCS emulator (no network, no credentials).
+
+The emulator (gcp-storage-emulator) serves the JSON API that gcsfs (epath: config,
+metrics, tokenizer, data-iterator states, orbax's small files) and tensorstore's
+GCS driver (orbax's arrays) speak; their endpoints are pointed at it through
+STORAGE_EMULATOR_HOST and TENSORSTORE_GCS_HTTP_URL.
+"""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from yijax import configlib, paths
+from yijax.train import checkpoint as ckpt_lib
+from yijax.train import loop, params_io
+from yijax.train.config import tiny_pretrain_config
+
+pytest.importorskip("gcp_storage_emulator")
+pytest.importorskip("gcsfs")
+
+BUCKET = "yijax-test"
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  from gcp_storage_emulator.server import create_server
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+  server.start()
+  url = f"http://127.0.0.1:{port}"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("STORAGE_EMULATOR_HOST", url)
+    mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+    mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "test")  # tensorstore: skip credential lookup
+    mp.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    yield f"gs://{BUCKET}"
+  server.stop()
+
+
+def _config(prepared_data, **overrides):
+  values = {
+      "model.num_layers": 2, "model.hidden_size": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
+      "model.head_dim": 16, "model.mlp_dim": 128, "train.steps": 6, "train.batch_size": 8,
+      "train.seq_len": 64, "train.progress_bar": False, "optimizer.warmup_steps": 2,
+      "checkpoint.every_steps": 2, "checkpoint.async_save": True, "eval.batches": 0,
+      "eval.every_steps": 0, "data.prepared_dir": prepared_data,
+  }
+  values.update(overrides)
+  return configlib.apply_overrides(tiny_pretrain_config(), values)
+
+
+def _records(workdir):
+  return [json.loads(line) for line in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()]
+
+
+def test_a_gs_run_resumes_exactly_and_skips_an_unfinished_step(gcs, tmp_path, prepared_data):
+  local = str(tmp_path / "local")
+  loop.train(_config(prepared_data), local)
+  straight = [(r["step"], r["loss"]) for r in _records(local)]
+
+  run = f"{gcs}/runs/a"
+  first = loop.train(_config(prepared_data, **{"train.stop_after": 4}), run + "/")
+  assert first["step"] == 4
+  checkpoints = paths.join(run, "checkpoints")
+  assert ckpt_lib.complete_steps(checkpoints) == [2, 4]
+  for name in ("config.json", "tokenizer.model", "metrics.jsonl"):
+    assert paths.exists(paths.join(run, name)), name
+  assert [r["step"] for r in _records(run)] == [1, 2, 3, 4]
+  assert any(p.name.startswith("events.out.tfevents") for p in paths.path(paths.join(run, "tensorboard")).iterdir())
+
+  # A save cut off before orbax marked it committed (GCS has no rename: the step dir exists without
+  # commit_success.txt). The next run must resume from step 2, not read the half-written step 4.
+  marker = paths.path(paths.join(checkpoints, "4", "commit_success.txt"))
+  assert marker.exists()
+  marker.unlink()
+  assert ckpt_lib.latest_complete_step(checkpoints) == 2
+
+  result = loop.train(_config(prepared_data), run)
+  assert result["step"] == 6
+  assert [(r["step"], r["loss"]) for r in _records(run)] == straight  # bit for bit, metrics truncated at 2
+  assert ckpt_lib.complete_steps(checkpoints) == [2, 4, 6]  # step 4 saved again, committed this time
+
+  # the run dir is a model for everything that loads one
+  config, params = params_io.load_model(run)
+  _, local_params = params_io.load_model(local)
+  np.testing.assert_array_equal(np.asarray(params["embed"]["embedding"]),
+                                np.asarray(local_params["embed"]["embedding"]))
+  location = params_io.locate_model(run)
+  assert location.params_dir == f"{run}/checkpoints/6/params" and location.tokenizer == f"{run}/tokenizer.model"
+  from yijax.data.tokenizer import Tokenizer
+
+  assert Tokenizer(location.tokenizer).encode("To be") == Tokenizer(os.path.join(local, "tokenizer.model")).encode("To be")
+  state = ckpt_lib.read_data_state(run)
+  assert state == ckpt_lib.read_data_state(local)
+
+  from yijax import surgery  # a grown copy of the gs:// run, with its tokenizer and data-iterator state
+
+  grown = str(tmp_path / "grown")
+  surgery.grow_model_dir(run, grown, [0, 1, 1])
+  assert ckpt_lib.read_data_state(grown) == state
+  assert os.path.exists(os.path.join(grown, "tokenizer.model"))
+
+
+def test_cli_trains_into_gs_and_refuses_other_schemes(gcs, prepared_data, capsys):
+  from yijax import cli
+
+  run = f"{gcs}/runs/cli"
+  args = ["yijax", "train", "--config=configs/pretrain/tiny.py", f"--workdir={run}",
+          "--config.model.num_layers=1", "--config.train.steps=2", "--config.train.batch_size=8",
+          "--config.train.seq_len=32", "--config.optimizer.warmup_steps=1", "--config.train.progress_bar=False", "--config.eval.batches=0",
+          f"--config.data.prepared_dir={prepared_data}"]
+  here = os.getcwd()
+  os.chdir(os.path.join(os.path.dirname(__file__), "..", ".."))
+  try:
+    assert cli.main(args) == 0
+    assert ckpt_lib.latest_complete_step(paths.join(run, "checkpoints")) == 2
+    assert cli.main(args[:3] + ["--workdir=s3://bucket/run"] + args[4:]) == 1
+  finally:
+    os.chdir(here)
+  err = capsys.readouterr().err
+  assert "--workdir=s3://bucket/run" in err and "gs://BUCKET/PATH" in err
+
+
+def test_unsupported_locations_name_the_fix():
+  with pytest.raises(paths.PathError, match="only local paths and gs://"):
+    paths.resolve("hdfs://namenode/runs/x")
+  with pytest.raises(paths.PathError, match="only local paths and gs://"):
+    paths.resolve("gs://")
+  assert paths.resolve("gs://b/runs/x/") == "gs://b/runs/x"
+  assert paths.resolve("runs/x") == os.path.abspath("runs/x")
+
+
+def test_study_dirs_and_checkpoint_sweeps_on_gs_are_refused_with_the_fix(capsys):
+  from yijax import cli
+
+  assert cli.main(["yijax", "experiment", "--config=experiments/moe/config.py:smoke", "--workdir=gs://b/study"]) == 1
+  assert "a study directory must be a local or mounted path" in capsys.readouterr().err
+  assert cli.main(["yijax", "eval", "--run_dir=gs://b/run", "--tasks=arith"]) == 1
+  assert "--ckpt=gs://.../checkpoints/STEP" in capsys.readouterr().err

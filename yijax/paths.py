@@ -1,0 +1,109 @@
+"""Run and model directories as local paths or gs:// URLs, behind one small API.
+
+A local path is made absolute; a gs:// URL is kept as given. Orbax writes the
+checkpoint arrays through tensorstore's GCS driver and its own small files
+through etils.epath; the rest of a run directory (config.json, the tokenizer,
+metrics, data-iterator states) goes through epath too, which reaches GCS with
+gcsfs (`pip install "yijax[gcs]"`, part of the `tpu` extra) or with
+tensorflow's gfile where tensorflow is installed.
+
+GCS has no atomic rename and no append: orbax marks a finished checkpoint step
+with a `commit_success.txt` instead of renaming a temporary directory (so
+`checkpoint.latest_complete_step` asks orbax which steps are finalized), and
+metrics.py stages its files locally and uploads whole files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from etils import epath
+
+SCHEMES = ("gs",)
+
+
+class PathError(ValueError):
+  """A run or model location that cannot be used; the message names it and the fix."""
+
+
+def is_url(path) -> bool:
+  return "://" in str(path)
+
+
+def resolve(path, what: str = "--workdir") -> str:
+  """An absolute local path, or a checked gs:// URL without a trailing slash."""
+  path = os.fspath(path) if not isinstance(path, str) else path
+  if not is_url(path):
+    return os.path.abspath(os.path.expanduser(path))
+  scheme, rest = path.split("://", 1)
+  if scheme not in SCHEMES or not rest.strip("/"):
+    raise PathError(
+        f"{what}={path}: only local paths and gs://BUCKET/PATH URLs are supported "
+        f"({scheme}:// is not); for another store, mount it on every host and give the mount path")
+  if importlib.util.find_spec("gcsfs") is None and importlib.util.find_spec("tensorflow") is None:
+    raise PathError(f"{what}={path}: gs:// locations need gcsfs; install it with "
+                    "pip install \"yijax[gcs]\" (or pip install gcsfs) on every host")
+  return scheme + "://" + rest.rstrip("/")
+
+
+def path(location) -> epath.Path:
+  return epath.Path(location)
+
+
+def join(base, *parts: str) -> str:
+  if is_url(base):
+    return str(epath.Path(base).joinpath(*parts))
+  return os.path.join(base, *parts)
+
+
+def parent(location) -> str:
+  return str(epath.Path(location).parent) if is_url(location) else os.path.dirname(location)
+
+
+def exists(location) -> bool:
+  return epath.Path(location).exists()
+
+
+def isdir(location) -> bool:
+  return epath.Path(location).is_dir()
+
+
+def isfile(location) -> bool:
+  return epath.Path(location).is_file()
+
+
+def makedirs(location) -> None:
+  epath.Path(location).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(location) -> str:
+  return epath.Path(location).read_text()
+
+
+def write_text(location, text: str) -> None:
+  """Writes a whole file (a local file is replaced atomically, as a GCS object always is)."""
+  if is_url(location):
+    epath.Path(location).write_text(text)
+    return
+  tmp = f"{location}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, location)
+
+
+def copy_file(source, destination) -> None:
+  """Copies one file between any two locations (local or gs://)."""
+  epath.Path(destination).write_bytes(epath.Path(source).read_bytes())
+
+
+def copy_tree(source, destination) -> None:
+  """Copies a directory's files, recursively, between any two locations (a walk by listing: GCS
+  paths take no `**` globs)."""
+  for item in epath.Path(source).iterdir():
+    target = epath.Path(destination) / item.name
+    if item.is_dir():
+      copy_tree(item, target)
+    else:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(item.read_bytes())

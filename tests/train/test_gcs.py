@@ -143,3 +143,50 @@ def test_study_dirs_and_checkpoint_sweeps_on_gs_are_refused_with_the_fix(capsys)
   assert "a study directory must be a local or mounted path" in capsys.readouterr().err
   assert cli.main(["yijax", "eval", "--run_dir=gs://b/run", "--tasks=arith"]) == 1
   assert "--ckpt=gs://.../checkpoints/STEP" in capsys.readouterr().err
+
+
+def test_two_processes_write_one_gs_run(gcs, tmp_path, prepared_data):
+  """The TPU-pod layout on CPU: 2 processes (jax.distributed, 4 devices each), one gs:// WORKDIR; every
+  process writes its checkpoint shards and data state, process 0 the metrics; losses match one process."""
+  import subprocess
+  import sys
+
+  from yijax import cli
+
+  root = os.path.join(os.path.dirname(__file__), "..", "..")
+  args = ["--config=configs/pretrain/tiny.py", "--config.model.num_layers=2", "--config.train.steps=3",
+          "--config.optimizer.warmup_steps=1", "--config.train.batch_size=8", "--config.train.seq_len=64",
+          "--config.train.progress_bar=False", "--config.checkpoint.every_steps=3", "--config.eval.batches=0",
+          "--config.data.logical_shards=2", f"--config.data.prepared_dir={prepared_data}"]
+  single = str(tmp_path / "single")
+  here = os.getcwd()
+  os.chdir(root)
+  try:
+    assert cli.main(["yijax", "train", f"--workdir={single}", *args]) == 0
+  finally:
+    os.chdir(here)
+
+  run = f"{gcs}/runs/multi"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  processes = [
+      subprocess.Popen([sys.executable, "-m", "yijax.cli", "train", f"--workdir={run}", *args,
+                        "--config.distributed.enabled=true",
+                        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+                       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  losses = [r["loss"] for r in _records(run)]
+  expected = [r["loss"] for r in _records(single)]
+  assert len(losses) == 3
+  np.testing.assert_allclose(losses, expected, rtol=1e-5)
+  step_dir = paths.join(run, "checkpoints", "3")
+  assert ckpt_lib.complete_steps(paths.join(run, "checkpoints")) == [3]
+  assert sorted(p.name for p in paths.path(paths.join(step_dir, "data")).iterdir()
+                if p.name.startswith("process_")) == ["process_0-of-2.json", "process_1-of-2.json"]

@@ -31,20 +31,27 @@ def is_url(path) -> bool:
   return "://" in str(path)
 
 
-def resolve(path, what: str = "--workdir") -> str:
-  """An absolute local path, or a checked gs:// URL without a trailing slash."""
-  path = os.fspath(path) if not isinstance(path, str) else path
-  if not is_url(path):
-    return os.path.abspath(os.path.expanduser(path))
-  scheme, rest = path.split("://", 1)
+def check_url(url: str, what: str = "--workdir") -> str:
+  """`url` without a trailing slash, if its scheme is one a run can use (PathError naming the fix if not)."""
+  scheme, rest = url.split("://", 1)
   if scheme not in SCHEMES or not rest.strip("/"):
     raise PathError(
-        f"{what}={path}: only local paths and gs://BUCKET/PATH URLs are supported "
-        f"({scheme}:// is not); for another store, mount it on every host and give the mount path")
+        f"{what}={url}: {scheme}:// is not a supported run directory or model location; only local paths "
+        "and gs://BUCKET/PATH URLs are supported (for another store, mount it on every host and give the "
+        "mount path)")
+  return scheme + "://" + rest.rstrip("/")
+
+
+def resolve(path, what: str = "--workdir") -> str:
+  """An absolute local path, or a checked gs:// URL (with gcsfs installed) without a trailing slash."""
+  path = os.fspath(path)
+  if not is_url(path):
+    return os.path.abspath(os.path.expanduser(path))
+  url = check_url(path, what)
   if importlib.util.find_spec("gcsfs") is None and importlib.util.find_spec("tensorflow") is None:
     raise PathError(f"{what}={path}: gs:// locations need gcsfs; install it with "
                     "pip install \"yijax[gcs]\" (or pip install gcsfs) on every host")
-  return scheme + "://" + rest.rstrip("/")
+  return url
 
 
 def path(location) -> epath.Path:

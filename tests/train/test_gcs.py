@@ -20,10 +20,10 @@ from http import HTTPStatus
 import numpy as np
 import pytest
 
-from yijax import configlib, paths
+from test_loop import _config as loop_config
+from yijax import paths
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import loop, params_io
-from yijax.train.config import tiny_pretrain_config
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
@@ -103,15 +103,8 @@ def gcs():
 
 
 def _config(prepared_data, **overrides):
-  values = {
-      "model.num_layers": 2, "model.hidden_size": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
-      "model.head_dim": 16, "model.mlp_dim": 128, "train.steps": 6, "train.batch_size": 8,
-      "train.seq_len": 64, "train.progress_bar": False, "optimizer.warmup_steps": 2,
-      "checkpoint.every_steps": 2, "checkpoint.async_save": True, "eval.batches": 0,
-      "eval.every_steps": 0, "data.prepared_dir": prepared_data,
-  }
-  values.update(overrides)
-  return configlib.apply_overrides(tiny_pretrain_config(), values)
+  """test_loop's tiny run, saving asynchronously as real runs do."""
+  return loop_config(prepared_data, **{"checkpoint.async_save": True, **overrides})
 
 
 def _records(workdir):

@@ -160,7 +160,7 @@ def _run_checkpoints(fv):
     raise UsageError("--run_dir needs --tasks=NAMES (battery task names, JSONL paths or layer_cosine)")
   if fv.ckpt or fv.data or fv.multiple_choice:
     raise UsageError("--run_dir evaluates the run's checkpoints on --tasks; drop --ckpt/--data/--multiple_choice")
-  if "://" in fv.run_dir:
+  if paths.is_url(fv.run_dir):
     raise UsageError(f"--run_dir={fv.run_dir}: evaluating every checkpoint appends to the run's "
                      "eval/checkpoints.jsonl, which needs a local or mounted run directory; mount the bucket "
                      "(gcsfuse) or copy the run (gcloud storage cp -r), or evaluate one step with "

@@ -21,12 +21,13 @@ check_argv = check_config_overrides
 
 
 def run(fv, args):
+  from yijax import paths
   from yijax.studies import runner
 
   if fv.config is None or (not fv.workdir and not fv.dry_run):
     raise UsageError("--config and --workdir are required, e.g. yijax experiment "
                      "--config=experiments/moe/config.py:smoke --workdir=runs/moe_smoke")
-  if fv.workdir and "://" in fv.workdir:
+  if fv.workdir and paths.is_url(fv.workdir):
     raise UsageError(f"--workdir={fv.workdir}: a study directory must be a local or mounted path (its stages "
                      "write reports, plots and evaluation logs with local file APIs); mount the bucket "
                      "(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) or use a local directory. Single runs "

@@ -140,19 +140,11 @@ def workdir_of(train_argv: list[str]) -> str | None:
 
 def check_shared_workdir(train_argv: list[str]) -> None:
   """Refuses a URL workdir of a scheme the run cannot write (gs:// and shared paths are fine)."""
-  workdir = workdir_of(train_argv)
-  if workdir and "://" in workdir:
-    message = unsupported_workdir_message(workdir)
-    if message:
-      raise LaunchError(message)
-
-
-def unsupported_workdir_message(workdir: str) -> str | None:
-  """Why a URL workdir cannot be a run directory (None when it can)."""
   from yijax import paths
 
-  scheme, rest = workdir.split("://", 1)
-  if scheme in paths.SCHEMES and rest.strip("/"):
-    return None
-  return (f"--workdir={workdir}: {scheme}:// is not a supported run directory; give gs://BUCKET/PATH or a "
-          f"path that every host sees (an NFS/Filestore mount, or another store mounted on every host)")
+  workdir = workdir_of(train_argv)
+  if workdir and paths.is_url(workdir):
+    try:
+      paths.check_url(workdir)
+    except paths.PathError as e:
+      raise LaunchError(str(e)) from None

@@ -47,10 +47,7 @@ def truncate_after(path: str, step: int) -> None:
           kept.append(line)
       except (ValueError, KeyError):
         continue
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  paths.write_text(path, "".join(kept))
 
 
 class MetricsWriter:
@@ -101,10 +98,7 @@ class MetricsWriter:
       return
     if self._tb is not None:
       self._tb.flush()
-    for root, _, names in os.walk(self.local_dir):
-      for name in names:
-        local = os.path.join(root, name)
-        paths.copy_file(local, paths.join(self.workdir, os.path.relpath(local, self.local_dir)))
+    paths.copy_tree(self.local_dir, self.workdir)
 
   def close(self) -> None:
     for f in self._files.values():

@@ -15,6 +15,8 @@ def define_flags(fv, argv):
   flags.DEFINE_string("workdir", None, "study directory (rerun the same command to resume)", flag_values=fv)
   flags.DEFINE_boolean("dry_run", False, "print the resolved plan (stages, model sizes, token budgets); run nothing",
                        flag_values=fv)
+  flags.DEFINE_string("results_dir", None, "when the study finishes, copy results.json, report.md, run.json and "
+                      "the PNGs here (e.g. experiments/moe/results/cpu, to commit)", flag_values=fv)
 
 
 check_argv = check_config_overrides
@@ -42,4 +44,7 @@ def run(fv, args):
   except runner.StageFailed as e:
     print(f"yijax experiment: {e}")
     return 1
+  if fv.results_dir:
+    copied = runner.publish(fv.workdir, fv.results_dir)
+    print(f"[study] results -> {fv.results_dir}: {', '.join(copied)}")
   return 0

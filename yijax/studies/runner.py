@@ -8,6 +8,16 @@ of earlier stages) and the fields its kind reads. String fields may name
 other stages' directories: "{workdir}" and "{stage:NAME}" are substituted
 before the stage runs.
 
+Seeds are an axis of every study: `study.seeds` (an int, the config's `study`
+section; `--config.study.seeds=5`) expands each stage marked `seeded=True`
+into one instance per seed, NAME/seed<i>, run in DIR/NAME/seed<i>/. Seeds are
+paired: instance i of every seeded train stage gets `train.seed` + i (the
+model init and the data order), a python stage sees `context.seed`, "{seed}"
+is substituted, and "{stage:NAME}" or a dependency on a seeded NAME from
+inside seed i means NAME's seed i. A stage that is not seeded and depends on
+a seeded one waits for all its seeds and reads them with
+`context.stage_dirs(NAME)`.
+
 Every stage runs in DIR/<stage>/ (an ordinary yijax run dir for train stages)
 and, when it finishes, writes DIR/<stage>/DONE.json with its summary and the
 hash of its config. A rerun skips finished stages (refusing if their config
@@ -34,6 +44,9 @@ from yijax.models.config import ConfigError
 
 DONE = "DONE.json"
 LOG = "log.txt"
+RUN = "run.json"
+# what `publish` copies into experiments/<study>/results/<scale>/ (small files; never checkpoints)
+PUBLISHED = ("results.json", "report.md", RUN)
 
 
 class StageFailed(RuntimeError):
@@ -42,14 +55,42 @@ class StageFailed(RuntimeError):
 
 @dataclasses.dataclass
 class Context:
-  """What a stage can see: the study dir, stage dirs and finished stages' summaries."""
+  """What a stage can see: the study dir, the study config, finished stages' summaries and, inside a
+  seeded stage, its seed."""
 
   workdir: str
   study: ml_collections.ConfigDict
   summaries: dict[str, dict]
+  seed: int | None = None
 
   def stage_dir(self, name: str) -> str:
+    """The directory of stage `name` (a seeded stage from inside a seeded one: the same seed's)."""
+    if self.seed is not None and _is_seeded(self.study, name):
+      name = instance_name(name, self.seed)
     return os.path.join(self.workdir, name)
+
+  @property
+  def seeds(self) -> list[int]:
+    return list(range(num_seeds(self.study)))
+
+  def stage_dirs(self, name: str) -> list[str]:
+    """Every seed's directory of a seeded stage, in seed order ([its one directory] if not seeded)."""
+    if not _is_seeded(self.study, name):
+      return [os.path.join(self.workdir, name)]
+    return [os.path.join(self.workdir, instance_name(name, seed)) for seed in self.seeds]
+
+  def seed_summaries(self, name: str) -> list[dict]:
+    return [self.summaries[os.path.relpath(d, self.workdir)] for d in self.stage_dirs(name)]
+
+
+@dataclasses.dataclass
+class Instance:
+  """One runnable stage: a stage of the config, or one seed of a seeded stage."""
+
+  name: str            # "report", or "dense/seed1"
+  base: str            # the stage's name in the config
+  seed: int | None
+  depends_on: list[str]
 
 
 def _plain(value: Any) -> Any:
@@ -58,54 +99,111 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def stage_hash(stage: ml_collections.ConfigDict) -> str:
+def num_seeds(study: ml_collections.ConfigDict) -> int:
+  seeds = study.get("study", {}).get("seeds", 1) if "study" in study else 1
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    raise ConfigError(f"study.seeds={seeds!r} must be a positive integer (the number of paired seeds per arm)")
+  return seeds
+
+
+def _is_seeded(study: ml_collections.ConfigDict, name: str) -> bool:
+  return name in study.stages and bool(study.stages[name].get("seeded", False))
+
+
+def instance_name(name: str, seed: int) -> str:
+  return f"{name}/seed{seed}"
+
+
+def stage_hash(stage: Any) -> str:
+  """The hash of a stage's config as written (placeholders unresolved, so a moved study dir still matches)."""
   text = json.dumps(_plain(stage), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def substitute(value: Any, workdir: str) -> Any:
-  """Replaces {workdir} and {stage:NAME} in every string of a (nested) value."""
+def substitute(value: Any, workdir: str, seed: int | None = None, seeded: frozenset = frozenset()) -> Any:
+  """Replaces {workdir}, {seed} and {stage:NAME} in every string of a (nested) value. Inside seed i a
+  seeded NAME means NAME/seed<i>; outside any seed a seeded NAME is an error (use context.stage_dirs)."""
   if isinstance(value, str):
     out = value.replace("{workdir}", workdir)
+    if seed is not None:
+      out = out.replace("{seed}", str(seed))
     while "{stage:" in out:
       start = out.index("{stage:")
       end = out.index("}", start)
-      out = out[:start] + os.path.join(workdir, out[start + 7:end]) + out[end + 1:]
+      name = out[start + 7:end]
+      if name in seeded:
+        if seed is None:
+          raise ConfigError(f"{value!r} names the seeded stage {name!r} from a stage that is not seeded; mark it "
+                            f"seeded=True or read every seed with context.stage_dirs({name!r})")
+        name = instance_name(name, seed)
+      out = out[:start] + os.path.join(workdir, name) + out[end + 1:]
     return out
   if isinstance(value, ml_collections.ConfigDict):
     for key in list(value.keys()):
       with value.unlocked():
-        value[key] = substitute(value[key], workdir)
+        value[key] = substitute(value[key], workdir, seed, seeded)
     return value
   if isinstance(value, (list, tuple)):
-    return type(value)(substitute(v, workdir) for v in value)
+    return type(value)(substitute(v, workdir, seed, seeded) for v in value)
   if isinstance(value, dict):
-    return {k: substitute(v, workdir) for k, v in value.items()}
+    return {k: substitute(v, workdir, seed, seeded) for k, v in value.items()}
   return value
 
 
-def check_graph(study: ml_collections.ConfigDict) -> list[str]:
-  """Stage names in a dependency order (ConfigDicts sort their keys, so order comes from
-  `depends_on`, ties by name); every dependency must name a stage, and no cycles."""
+def expand(study: ml_collections.ConfigDict) -> dict[str, Instance]:
+  """The stages as runnable instances, seeded stages once per seed, with their dependencies resolved."""
   if "stages" not in study or not study.stages:
     raise ConfigError("a study config needs `stages` (a ConfigDict of stages)")
   from yijax.studies import stages as stage_kinds
 
-  deps = {}
+  seeds = range(num_seeds(study))
+  instances: dict[str, Instance] = {}
   for name, stage in study.stages.items():
     if "kind" not in stage or stage.kind not in stage_kinds.KINDS:
       raise ConfigError(f"stages.{name}.kind={stage.get('kind')!r} is not one of {sorted(stage_kinds.KINDS)}")
-    deps[name] = list(stage.get("depends_on", ()))
-    unknown = [d for d in deps[name] if d not in study.stages]
+    deps = list(stage.get("depends_on", ()))
+    unknown = [d for d in deps if d not in study.stages]
     if unknown:
       raise ConfigError(f"stages.{name}.depends_on names {unknown}, which are not stages ({sorted(study.stages)})")
+    for seed in (seeds if stage.get("seeded", False) else [None]):
+      resolved = []
+      for dep in deps:
+        if not _is_seeded(study, dep):
+          resolved.append(dep)
+        elif seed is not None:
+          resolved.append(instance_name(dep, seed))
+        else:
+          resolved.extend(instance_name(dep, s) for s in seeds)
+      instance = Instance(name if seed is None else instance_name(name, seed), name, seed, resolved)
+      instances[instance.name] = instance
+  return instances
+
+
+def check_graph(study: ml_collections.ConfigDict) -> list[str]:
+  """Runnable stage names in a dependency order: ties go seed by seed (every arm's seed 0 before any
+  seed 1, so a study cut short holds complete pairs), then by name; no cycles."""
+  instances = expand(study)
   order: list[str] = []
-  while len(order) < len(deps):
-    ready = sorted(n for n in deps if n not in order and all(d in order for d in deps[n]))
+  done: set[str] = set()
+  while len(order) < len(instances):
+    ready = [n for n, i in instances.items() if n not in done and all(d in done for d in i.depends_on)]
     if not ready:
-      raise ConfigError(f"stages {sorted(set(deps) - set(order))} depend on each other in a cycle")
-    order.append(ready[0])
+      raise ConfigError(f"stages {sorted({instances[n].base for n in instances if n not in done})} depend on "
+                        "each other in a cycle")
+    first = min(ready, key=lambda n: (-1 if instances[n].seed is None else instances[n].seed, n))
+    order.append(first)
+    done.add(first)
   return order
+
+
+def resolve_instance(study: ml_collections.ConfigDict, instance: Instance, workdir: str) -> ml_collections.ConfigDict:
+  """The instance's stage config as it runs: placeholders substituted, train.seed offset by its seed."""
+  stage = ml_collections.ConfigDict(_plain(study.stages[instance.base]))
+  seeded = frozenset(n for n in study.stages if _is_seeded(study, n))
+  stage = substitute(stage, workdir, instance.seed, seeded)
+  if instance.seed is not None and stage.kind == "train":
+    stage.run.train.seed = int(stage.run.train.seed) + instance.seed
+  return stage
 
 
 class _Tee:
@@ -149,43 +247,102 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
   from yijax.studies import stages as stage_kinds
 
   names = check_graph(study)
+  instances = expand(study)
   workdir = os.path.abspath(workdir)
   if dry_run:
-    return {"plan": [stage_kinds.describe(name, substitute(ml_collections.ConfigDict(_plain(study.stages[name])),
-                                                            workdir), workdir) for name in names]}
+    return {"plan": [stage_kinds.describe(name, resolve_instance(study, instances[name], workdir), workdir)
+                     for name in names]}
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "study_config.json"), _plain(study))
-  context = Context(workdir, study, {})
+  summaries: dict[str, dict] = {}
   ran, skipped = [], []
   for name in names:
-    stage = study.stages[name]
-    stage_dir = context.stage_dir(name)
+    instance = instances[name]
+    stage = resolve_instance(study, instance, workdir)
+    context = Context(workdir, study, summaries, instance.seed)
+    stage_dir = os.path.join(workdir, name)
     done_path = os.path.join(stage_dir, DONE)
-    digest = stage_hash(stage)
+    raw = study.stages[instance.base]
+    digest = stage_hash(raw if instance.seed is None else {"stage": _plain(raw), "seed": instance.seed})
     if os.path.exists(done_path):
       done = json.load(open(done_path))
       if done.get("hash") != digest:
         raise ConfigError(
             f"stage {name!r} finished earlier with another config (hash {done.get('hash')} != {digest}); "
             f"rerun with a new --workdir, or delete {stage_dir} to redo it")
-      context.summaries[name] = done["summary"]
-      skipped.append(name)
-      print(f"[study] {name}: done earlier, skipped", flush=True)
-      continue
+      if done.get("inputs", instance.depends_on) == instance.depends_on:
+        summaries[name] = done["summary"]
+        skipped.append(name)
+        print(f"[study] {name}: done earlier, skipped", flush=True)
+        continue
+      print(f"[study] {name}: its inputs changed ({done.get('inputs')} -> {instance.depends_on}), rerun",
+            flush=True)
     os.makedirs(stage_dir, exist_ok=True)
+    started = time.time()
     log_path = os.path.join(stage_dir, LOG)
     print(f"[study] {name} ({stage.kind}) -> {stage_dir}", flush=True)
-    resolved = substitute(ml_collections.ConfigDict(_plain(stage)), workdir)
     with _logged(log_path):
       try:
-        summary = stage_kinds.KINDS[stage.kind](name, resolved, stage_dir, context) or {}
+        summary = stage_kinds.KINDS[stage.kind](name, stage, stage_dir, context) or {}
       except BaseException as e:  # noqa: BLE001 - reported with the stage's name, then re-raised
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
           raise
         traceback.print_exc()
         raise StageFailed(f"stage {name!r} failed: {type(e).__name__}: {e}\n  log: {log_path}") from e
-    _write_json(done_path, {"hash": digest, "summary": summary, "finished": time.time()})
-    context.summaries[name] = summary
+    _write_json(done_path, {"hash": digest, "inputs": instance.depends_on, "summary": summary,
+                            "finished": time.time(), "seconds": time.time() - started})
+    summaries[name] = summary
     ran.append(name)
   print(f"[study] ran {ran or 'nothing'}; skipped (done earlier) {skipped or 'nothing'}", flush=True)
-  return {"ran": ran, "skipped": skipped, "summaries": context.summaries}
+  _write_json(os.path.join(workdir, RUN), run_record(workdir, names))
+  return {"ran": ran, "skipped": skipped, "summaries": summaries}
+
+
+def _git(*args: str) -> str:
+  import subprocess
+
+  checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    return subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True, timeout=30).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def run_record(workdir: str, names: list[str]) -> dict:
+  """run.json: the command, the code's commit, the date, the machine and the wall time of every stage."""
+  import platform
+
+  import jax
+
+  seconds = {}
+  for name in names:
+    done = json.load(open(os.path.join(workdir, name, DONE)))
+    seconds[name] = round(float(done.get("seconds", 0.0)), 1)
+  dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "yijax", "experiments/*/config.py"))
+  return {
+      "command": " ".join(["yijax"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("yijax", "cli.py"))
+                 else " ".join(sys.argv),
+      "commit": _git("rev-parse", "HEAD") or "unknown", "code_modified_since_commit": dirty,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                  "cpu_count": os.cpu_count(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
+      "wall_seconds_total": round(sum(seconds.values()), 1), "wall_seconds_by_stage": seconds,
+  }
+
+
+def publish(workdir: str, results_dir: str) -> list[str]:
+  """Copies a finished study's results.json, report.md, run.json and PNGs into results_dir (for example
+  experiments/<study>/results/<scale>/, which is committed). Returns the files copied."""
+  import glob
+  import shutil
+
+  missing = [f for f in PUBLISHED if not os.path.exists(os.path.join(workdir, f))]
+  if missing:
+    raise ConfigError(f"{workdir} has no {missing}: only a finished study (its report stage done) can be published")
+  os.makedirs(results_dir, exist_ok=True)
+  for old in glob.glob(os.path.join(results_dir, "*.png")):
+    os.remove(old)
+  files = [os.path.join(workdir, f) for f in PUBLISHED] + sorted(glob.glob(os.path.join(workdir, "*.png")))
+  for path in files:
+    shutil.copy2(path, os.path.join(results_dir, os.path.basename(path)))
+  return [os.path.basename(p) for p in files]

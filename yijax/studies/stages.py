@@ -68,7 +68,7 @@ def describe(name: str, stage, workdir: str) -> dict[str, Any]:
     counts = models.param_count(model)
     train = stage.run.train
     out.update({
-        "model_params": counts["total"], "active_params": counts["active"],
+        "seed": train.seed, "model_params": counts["total"], "active_params": counts["active"],
         "steps": train.steps, "batch_size": train.batch_size, "seq_len": train.seq_len,
         "tokens": train.steps * train.batch_size * train.seq_len,
         "init_from": stage.run.train.init_from or None, "mesh": dict(stage.run.mesh),

@@ -256,6 +256,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
   _write_json(os.path.join(workdir, "study_config.json"), _plain(study))
   summaries: dict[str, dict] = {}
   ran, skipped = [], []
+  code = code_version()
   for name in names:
     instance = instances[name]
     stage = resolve_instance(study, instance, workdir)
@@ -290,7 +291,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
         traceback.print_exc()
         raise StageFailed(f"stage {name!r} failed: {type(e).__name__}: {e}\n  log: {log_path}") from e
     _write_json(done_path, {"hash": digest, "inputs": instance.depends_on, "summary": summary,
-                            "finished": time.time(), "seconds": time.time() - started})
+                            "finished": time.time(), "seconds": time.time() - started, **code})
     summaries[name] = summary
     ran.append(name)
   print(f"[study] ran {ran or 'nothing'}; skipped (done earlier) {skipped or 'nothing'}", flush=True)
@@ -308,21 +309,29 @@ def _git(*args: str) -> str:
     return ""
 
 
+def code_version() -> dict:
+  """The commit of the yijax checkout and whether its library or study configs differ from it (read when a
+  study starts, so edits made while it runs are not attributed to it)."""
+  dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "yijax", "experiments/*/config.py"))
+  return {"commit": _git("rev-parse", "HEAD") or "unknown", "code_modified_since_commit": dirty}
+
+
 def run_record(workdir: str, names: list[str]) -> dict:
-  """run.json: the command, the code's commit, the date, the machine and the wall time of every stage."""
+  """run.json: the command, the code's commit(s), the date, the machine and the wall time of every stage."""
   import platform
 
   import jax
 
-  seconds = {}
+  seconds, commits, dirty = {}, set(), False
   for name in names:
     done = json.load(open(os.path.join(workdir, name, DONE)))
     seconds[name] = round(float(done.get("seconds", 0.0)), 1)
-  dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "yijax", "experiments/*/config.py"))
+    commits.add(done.get("commit", "unknown"))
+    dirty = dirty or bool(done.get("code_modified_since_commit", True))
   return {
       "command": " ".join(["yijax"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("yijax", "cli.py"))
                  else " ".join(sys.argv),
-      "commit": _git("rev-parse", "HEAD") or "unknown", "code_modified_since_commit": dirty,
+      "commit": sorted(commits)[0] if len(commits) == 1 else sorted(commits), "code_modified_since_commit": dirty,
       "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
       "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                   "cpu_count": os.cpu_count(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},

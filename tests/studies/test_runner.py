@@ -132,6 +132,81 @@ def test_repo_relative_function_references_resolve_from_any_directory(tmp_path, 
   from yijax.studies import stages
 
   monkeypatch.chdir(tmp_path)
-  assert callable(stages.resolve_function("experiments/moe/analysis.py:analyze"))
+  assert callable(stages.resolve_function("yijax/studies/moe.py:report"))
   with pytest.raises(ConfigError, match="nowhere.py does not exist"):
     stages.resolve_function("experiments/nowhere.py:analyze")
+
+
+SEEDED = textwrap.dedent('''
+    import json, os
+    import ml_collections
+
+    def base(args, stage_dir, context):
+      value = 10 * context.seed + args.offset
+      with open(os.path.join(stage_dir, "value.json"), "w") as f:
+        json.dump(value, f)
+      return {"value": value}
+
+    def continued(args, stage_dir, context):
+      # reads the same seed's base stage, through the substituted path and through the context
+      assert args.base_dir == context.stage_dir("base"), (args.base_dir, context.stage_dir("base"))
+      value = json.load(open(os.path.join(args.base_dir, "value.json"))) + 1
+      return {"value": value}
+
+    def report(args, stage_dir, context):
+      values = [json.load(open(os.path.join(d, "value.json"))) for d in context.stage_dirs("base")]
+      return {"base": values, "continued": [s["value"] for s in context.seed_summaries("continued")]}
+
+    def get_config(scale="smoke"):
+      config = ml_collections.ConfigDict()
+      config.study = {"seeds": 2}
+      config.stages = ml_collections.ConfigDict()
+      config.stages.base = {"kind": "python", "seeded": True, "depends_on": [], "fn": __file__ + ":base",
+                            "args": {"offset": 3}}
+      config.stages.continued = {"kind": "python", "seeded": True, "depends_on": ["base"],
+                                 "fn": __file__ + ":continued", "args": {"base_dir": "{stage:base}"}}
+      config.stages.report = {"kind": "python", "depends_on": ["continued"], "fn": __file__ + ":report"}
+      if scale == "bad":
+        config.stages.report.args = {"dir": "{stage:base}"}
+      return config
+''')
+
+
+def test_seeds_expand_stages_pair_them_and_grow(tmp_path):
+  from yijax import configlib
+
+  path = tmp_path / "seeded.py"
+  path.write_text(SEEDED)
+  study = configlib.load_config(f"{path}:smoke")
+  workdir = tmp_path / "study"
+  first = runner.run_study(study, str(workdir))
+  # seed by seed: every stage's seed 0 before any seed 1; the unseeded report waits for all seeds
+  assert first["ran"] == ["base/seed0", "continued/seed0", "base/seed1", "continued/seed1", "report"]
+  assert (workdir / "base" / "seed1" / "value.json").read_text() == "13"
+  assert first["summaries"]["report"] == {"base": [3, 13], "continued": [4, 14]}
+  # more seeds: only the new seed runs, and the report reruns because its inputs changed
+  grown = runner.run_study(configlib.load_config(f"{path}:smoke", {"study.seeds": 3}), str(workdir))
+  assert grown["ran"] == ["base/seed2", "continued/seed2", "report"]
+  assert grown["summaries"]["report"] == {"base": [3, 13, 23], "continued": [4, 14, 24]}
+  assert set(json.loads((workdir / "run.json").read_text())["wall_seconds_by_stage"]) == set(
+      grown["skipped"] + grown["ran"])
+  with pytest.raises(ConfigError, match="seeded stage 'base' from a stage that is not seeded"):
+    runner.run_study(configlib.load_config(f"{path}:bad"), str(tmp_path / "bad"))
+  with pytest.raises(ConfigError, match="study.seeds=0 must be a positive integer"):
+    runner.check_graph(configlib.load_config(f"{path}:smoke", {"study.seeds": 0}))
+
+
+def test_seeded_train_stages_offset_the_seed_and_follow_their_own_seed(tmp_path, study_file):
+  from yijax import configlib
+
+  study = configlib.load_config(f"{study_file}:smoke")
+  with study.unlocked():
+    study.study = {"seeds": 3}
+    study.stages.zz_base.seeded = True
+    study.stages.continued.seeded = True
+    study.stages.zz_base.run.train.seed = 5
+  plan = {p["stage"]: p for p in runner.run_study(study, str(tmp_path / "plan"), dry_run=True)["plan"]}
+  assert [plan[f"zz_base/seed{i}"]["seed"] for i in range(3)] == [5, 6, 7]
+  assert plan["continued/seed2"]["init_from"].endswith("/plan/zz_base/seed2")
+  assert plan["report"]["depends_on"] == ["continued/seed0", "continued/seed1", "continued/seed2", "zz_base/seed0",
+                                          "zz_base/seed1", "zz_base/seed2"]

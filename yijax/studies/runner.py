@@ -250,8 +250,11 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
   instances = expand(study)
   workdir = os.path.abspath(workdir)
   if dry_run:
-    return {"plan": [stage_kinds.describe(name, resolve_instance(study, instances[name], workdir), workdir)
-                     for name in names]}
+    plan = []
+    for name in names:
+      line = stage_kinds.describe(name, resolve_instance(study, instances[name], workdir), workdir)
+      plan.append({**line, "depends_on": instances[name].depends_on})
+    return {"plan": plan}
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "study_config.json"), _plain(study))
   summaries: dict[str, dict] = {}

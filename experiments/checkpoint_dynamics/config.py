@@ -76,7 +76,7 @@ def _train_run(scale: dict, size: tuple, data_ref: str) -> ml_collections.Config
 
 def _paper() -> ml_collections.ConfigDict:
   study = ml_collections.ConfigDict()
-  study.study = "checkpoint_dynamics"
+  study.name = "checkpoint_dynamics"
   study.scale = "paper"
   checkpoints = ml_collections.FieldReference("/path/to/converted_checkpoints")
   tokenizer = ml_collections.FieldReference("/path/to/tokenizer.model")
@@ -106,7 +106,7 @@ def get_config(scale="smoke"):
     raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES) + ['paper']}")
   s = SCALES[scale]
   study = ml_collections.ConfigDict()
-  study.study = "checkpoint_dynamics"
+  study.name = "checkpoint_dynamics"
   study.scale = scale
   study.data_dir = ml_collections.FieldReference("")  # a prepared embedded corpus to copy ("" = prepare it)
   study.stages = ml_collections.ConfigDict()

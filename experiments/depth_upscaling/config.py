@@ -110,7 +110,7 @@ def get_config(scale="smoke"):
   if scale not in list(SCALES) + ["paper"]:
     raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES) + ['paper']}")
   study = ml_collections.ConfigDict()
-  study.study = "depth_upscaling"
+  study.name = "depth_upscaling"
   study.scale = scale
   study.data_dir = ml_collections.FieldReference("")  # prepared data ("" = the embedded corpus, cached)
   study.stages = ml_collections.ConfigDict()

@@ -83,7 +83,7 @@ def get_config(scale="smoke"):
     raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES)}")
   target_layers, total, batch, seq_len, *_, lr = SCALES[scale]
   study = ml_collections.ConfigDict()
-  study.study = "growth"
+  study.name = "growth"
   study.scale = scale
   study.data_dir = ml_collections.FieldReference("")  # prepared data ("" = the embedded corpus, cached)
   data = study.get_ref("data_dir")

@@ -21,7 +21,7 @@ def test_checkpoint_dynamics_notebook_runs_the_smoke_study(tmp_path, monkeypatch
                               prepared_data)
   workdir = tmp_path / "runs" / "colab-checkpoint_dynamics-smoke"
   assert notebook_images(notebook) == 5
-  assert {"curves_tokens.png", "curves_flops.png", "spearman.png", "normalized.png", "loss_vs_downstream.png",
+  assert {"curves_tokens.png", "curves_flops.png", "distances.png", "normalized.png", "loss_vs_downstream.png",
           "report.md", "results.json"} <= set(os.listdir(workdir))
   # the data stage copied the prepared corpus and added the battery's teaching text; the fixture is untouched
   manifest = json.load(open(workdir / "data" / "prepared" / "manifest.json"))
@@ -44,11 +44,17 @@ def test_checkpoint_dynamics_notebook_runs_the_smoke_study(tmp_path, monkeypatch
   assert params == sorted(params) and params[0] > 0
   flops_final = [results["sizes"][s]["flops"] for s in ("xs", "s", "m")]
   assert flops_final == sorted(flops_final)  # same tokens, larger models cost more
-  matrix = np.array(results["spearman_matrix"]["matrix"], dtype=float)
-  assert matrix.shape == (7, 7) and np.allclose(np.diag(matrix)[~np.isnan(np.diag(matrix))], 1.0)
-  assert results["spearman"]["m"]["pairs_within"] >= 1 and results["spearman"]["m"]["pairs_across"] >= 9
-  assert all(len(d) == 5 for d in results["decoupling"].values())  # 5 downstream tasks against the loss
-  assert "Spearman" in open(workdir / "report.md").read()
+  matrix = np.array(results["distance_matrix"]["matrix"], dtype=float)
+  # a curve that moved has distance 0 to itself; one that did not move has no shape (nan row)
+  assert matrix.shape == (7, 7) and np.allclose(np.diag(matrix)[~np.isnan(np.diag(matrix))], 0.0)
+  moved = 7 - len(results["distances"]["m"]["static"])
+  assert results["distances"]["m"]["pairs_within"] + results["distances"]["m"]["pairs_across"] == moved * (moved - 1) // 2
+  assert results["task_info"]["arith"] == {"chance": 0.375, "num_items": 16}  # the smoke battery's size
+  for entries in results["decoupling"].values():  # 5 downstream tasks against the loss
+    assert len(entries) == 5
+    assert all(d["steps_disagreeing"] <= d["steps_resolved"] <= d["steps"] for d in entries.values())
+  assert set(results["timing"]["m"]) == set(results["across_sizes"]) and "leave chance" in open(
+      workdir / "report.md").read()
 
 
 def test_paper_plan_and_missing_checkpoints(tmp_path, capsys):

@@ -3,11 +3,19 @@
 Input: the records of `yijax eval --run_dir` (eval/checkpoints.jsonl), one
 list per model size. Every function here is plain numpy over those records:
   trajectories             (task, metric) -> ordered (step, tokens, flops, value)
-  spearman_matrix          rank correlation of task trajectories, within vs across domains
+  distance_matrix          distances between task trajectories, within vs across domains
   lagged_correlation       which of two curves moves first
-  normalized               each curve over its final value (compare sizes)
-  loss_decoupling          downstream metrics against validation loss
+  normalized               each curve over its final value (plots)
+  gain_fraction            each curve as the fraction of its own gain (0 at the first checkpoint, 1 at the last)
+  curve_distance           RMS distance between two gain-fraction curves over shared log tokens (compare sizes)
+  tokens_to_leave_chance   first tokens at which a metric is 2 se above chance
+  tokens_to_half_gain      first tokens at which half of the final gain is reached
+  loss_decoupling          downstream metrics against validation loss, counting only changes beyond 2 se
 and plots of each (matplotlib, Agg).
+
+Rank agreement (Spearman) between two curves that both rise says nothing (it is 1 for any two monotone
+curves), so shapes are compared by distances between normalised curves, and timing by tokens to leave
+chance and to reach half of the final gain; a curve whose gain is within 2 se of zero has no shape.
 """
 
 from __future__ import annotations
@@ -44,42 +52,28 @@ def ability(key: tuple[str, str], values: np.ndarray) -> np.ndarray:
   return -values if key[1] in LOWER_IS_BETTER else values
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-  order = np.argsort(x, kind="stable")
-  ranks = np.empty(len(x))
-  ranks[order] = np.arange(len(x))
-  for value in np.unique(x):  # average ties
-    tie = x == value
-    ranks[tie] = ranks[tie].mean()
-  return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-  ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-  if ra.std() == 0 or rb.std() == 0:
-    return float("nan")
-  return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def spearman_matrix(trajs: dict[tuple[str, str], np.ndarray], keys: list | None = None):
-  """(keys, matrix, {"within": mean, "across": mean}) over trajectories sharing checkpoints."""
+def distance_matrix(trajs: dict[tuple[str, str], np.ndarray], keys: list | None = None,
+                    se: dict | None = None):
+  """(keys, matrix, summary): curve_distance between every pair of trajectories, and the mean distance of
+  pairs within a capability domain and across domains (only curves that moved beyond 2 se take part;
+  se: {key: se of one evaluation}). summary["static"] lists the curves that did not move."""
   keys = keys or sorted(trajs)
+  se = se or {}
   n = len(keys)
   matrix = np.full((n, n), np.nan)
   for i, ki in enumerate(keys):
     for j, kj in enumerate(keys):
-      a, b = ability(ki, trajs[ki][:, 3]), ability(kj, trajs[kj][:, 3])
-      m = min(len(a), len(b))
-      matrix[i, j] = spearman(a[:m], b[:m])
+      d = curve_distance(trajs[ki], trajs[kj], se.get(ki, 0.0), se.get(kj, 0.0), key=None, keys=(ki, kj))
+      matrix[i, j] = np.nan if d is None else d
   within, across = [], []
   for i in range(n):
     for j in range(i + 1, n):
-      if np.isnan(matrix[i, j]):
-        continue
-      (within if domain_of(keys[i][0]) == domain_of(keys[j][0]) else across).append(matrix[i, j])
-  summary = {"within": float(np.mean(within)) if within else float("nan"),
-             "across": float(np.mean(across)) if across else float("nan"),
-             "pairs_within": len(within), "pairs_across": len(across)}
+      if not np.isnan(matrix[i, j]):
+        (within if domain_of(keys[i][0]) == domain_of(keys[j][0]) else across).append(matrix[i, j])
+  static = [f"{t}/{m}" for (t, m), row in zip(keys, matrix) if np.all(np.isnan(row))]
+  summary = {"within": float(np.mean(within)) if within else None,
+             "across": float(np.mean(across)) if across else None,
+             "pairs_within": len(within), "pairs_across": len(across), "static": static}
   return keys, matrix, summary
 
 
@@ -105,14 +99,70 @@ def normalized(values: np.ndarray) -> np.ndarray:
   return values / final if final not in (0, 0.0) and math.isfinite(final) else values
 
 
-def loss_decoupling(loss_traj: np.ndarray, metric_traj: np.ndarray, key=("", "")) -> dict:
-  """How well validation loss tracks a downstream metric: Spearman of (-loss, metric), and the
-  largest stretch where loss improved but the metric did not (or the reverse)."""
+def gain_fraction(values: np.ndarray, se: float = 0.0) -> np.ndarray | None:
+  """(v - v_first) / (v_last - v_first): 0 at the first checkpoint, 1 at the last. None when the gain is
+  within 2 se of zero (se: of one evaluation; the gain is the difference of two, se * sqrt 2)."""
+  values = np.asarray(values, np.float64)
+  gain = values[-1] - values[0]
+  if gain == 0 or abs(gain) < 2 * se * math.sqrt(2):
+    return None
+  return (values - values[0]) / gain
+
+
+def curve_distance(a: np.ndarray, b: np.ndarray, se_a: float = 0.0, se_b: float = 0.0,
+                   key=("", ""), keys=None) -> float | None:
+  """RMS distance between two trajectories' gain-fraction curves ([checkpoints, 4] arrays, ability
+  oriented by `key`, or by keys=(key_a, key_b) when they differ), interpolated onto 32 points of their
+  shared log-tokens range. 0 = the same shape, about 0.3 = one rises early and one late; None when
+  either curve did not move beyond 2 se or they share no token range."""
+  key_a, key_b = keys if keys is not None else (key, key)
+  ga, gb = gain_fraction(ability(key_a, a[:, 3]), se_a), gain_fraction(ability(key_b, b[:, 3]), se_b)
+  if ga is None or gb is None:
+    return None
+  xa, xb = np.log(np.maximum(a[:, 1], 1)), np.log(np.maximum(b[:, 1], 1))
+  low, high = max(xa.min(), xb.min()), min(xa.max(), xb.max())
+  if not high > low:
+    return None
+  grid = np.linspace(low, high, 32)
+  return float(np.sqrt(np.mean((np.interp(grid, xa, ga) - np.interp(grid, xb, gb)) ** 2)))
+
+
+def tokens_to_leave_chance(traj: np.ndarray, chance: float, se: float, key=("", "")) -> float | None:
+  """Tokens of the first checkpoint whose (ability-oriented) value is at least 2 se above chance; None if
+  none is."""
+  values = ability(key, traj[:, 3])
+  above = np.nonzero(values >= chance + 2 * se)[0]
+  return float(traj[above[0], 1]) if len(above) else None
+
+
+def tokens_to_half_gain(traj: np.ndarray, se: float = 0.0, key=("", "")) -> float | None:
+  """Tokens at which the curve first reaches half of its final gain over the first checkpoint (linear in
+  log tokens between the two checkpoints around the crossing); None when the gain is within 2 se of 0."""
+  fraction = gain_fraction(ability(key, traj[:, 3]), se)
+  if fraction is None:
+    return None
+  index = int(np.nonzero(fraction >= 0.5)[0][0])
+  if index == 0:
+    return float(traj[0, 1])
+  x0, x1 = np.log(max(traj[index - 1, 1], 1)), np.log(max(traj[index, 1], 1))
+  f0, f1 = fraction[index - 1], fraction[index]
+  return float(np.exp(x0 + (0.5 - f0) / (f1 - f0) * (x1 - x0)))
+
+
+def loss_decoupling(loss_traj: np.ndarray, metric_traj: np.ndarray, key=("", ""), loss_se: float = 0.0,
+                    metric_se: float = 0.0) -> dict:
+  """Checkpoint-to-checkpoint steps where held-out loss and a downstream metric move in opposite
+  directions, counted only where both changes exceed 2 se (loss_se, metric_se: of one evaluation, so a
+  change has se * sqrt 2). A step where either barely moves is no evidence either way: it is counted
+  in `steps_resolved` neither as agreeing nor disagreeing."""
   m = min(len(loss_traj), len(metric_traj))
   loss, metric = -loss_traj[:m, 3], ability(key, metric_traj[:m, 3])
   dl, dm = np.diff(loss), np.diff(metric)
-  disagree = int(np.sum((dl > 0) != (dm > 0)))
-  return {"spearman": spearman(loss, metric), "steps_disagreeing": disagree, "steps": int(len(dl))}
+  resolved = (np.abs(dl) >= 2 * loss_se * math.sqrt(2)) & (np.abs(dm) >= 2 * metric_se * math.sqrt(2))
+  resolved &= (dl != 0) & (dm != 0)
+  disagree = int(np.sum(resolved & ((dl > 0) != (dm > 0))))
+  return {"steps_disagreeing": disagree, "steps_agreeing": int(np.sum(resolved)) - disagree,
+          "steps_resolved": int(np.sum(resolved)), "steps": int(len(dl))}
 
 
 def _plt():
@@ -148,11 +198,11 @@ def plot_curves(by_size: dict[str, dict], path: str, x: str = "tokens") -> None:
   plt.close(fig)
 
 
-def plot_matrix(keys: list, matrix: np.ndarray, path: str, title: str) -> None:
+def plot_matrix(keys: list, matrix: np.ndarray, path: str, title: str, vmax: float = 1.0) -> None:
   plt = _plt()
   labels = [f"{t}/{m}" for t, m in keys]
   fig, ax = plt.subplots(figsize=(max(4.0, 1 + 0.55 * len(keys)), max(3.5, 0.8 + 0.5 * len(keys))))
-  image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdYlGn")
+  image = ax.imshow(matrix, vmin=0, vmax=vmax, cmap="RdYlGn_r")
   ax.set_xticks(range(len(keys)), labels, rotation=60, ha="right", fontsize=8)
   ax.set_yticks(range(len(keys)), labels, fontsize=8)
   for i in range(len(keys)):

@@ -18,10 +18,13 @@ import shutil
 
 import numpy as np
 
+from yijax.analysis import stats
+
 # the metric each task contributes to the cross-task analysis (higher is better after dynamics.ability)
 PRIMARY = {"bpb_docs": "bits_per_byte", "bpb_code": "bits_per_byte", "cloze_docs": "acc", "cloze_code": "acc",
            "arith": "acc", "induction": "acc", "facts": "acc"}
 LOSS_TASKS = ("bpb_docs", "bpb_code")  # their `loss` metrics (nats/token on held-out text) = validation loss
+TASK_INFO = "task_info.json"
 
 
 def prepare_data(args, stage_dir: str, context) -> dict:
@@ -61,7 +64,27 @@ def evaluate_run(args, stage_dir: str, context) -> dict:
   checkpoints.evaluate_checkpoints(args.run, tasks, out_path=out, seed=int(args.seed),
                                    tokenizer_path=args.get("tokenizer") or None, options=options)
   records = checkpoints.load_results(out)
+  with open(os.path.join(stage_dir, TASK_INFO), "w") as f:
+    json.dump(task_info(tasks, int(args.seed), options), f, indent=2)
   return {"records": len(records), "checkpoints": len({r["checkpoint"] for r in records})}
+
+
+def task_info(tasks: list[str], seed: int, options: dict) -> dict:
+  """{task: {"chance", "num_items"}} of the accuracy tasks, for the noise bands of the report (binomial
+  se of an accuracy on num_items items; induction: chance 0, one item per sequence)."""
+  from yijax.eval import tasks as task_lib
+
+  info = {}
+  for name in tasks:
+    if name.startswith("bpb_"):
+      continue
+    if name == "induction":
+      info[name] = {"chance": 0.0, "num_items": int(options.get("num_sequences", 64))}
+      continue
+    task = task_lib.build_task(name, seed=seed, _lenient=True, **options)
+    if task.kind == "multiple_choice":
+      info[name] = {"chance": task.chance, "num_items": len(task.items)}
+  return info
 
 
 def _loss_trajectory(trajs: dict) -> np.ndarray | None:
@@ -101,16 +124,30 @@ def report(args, stage_dir: str, context) -> dict:
            for label, trajs in by_size.items()}  # the primary metrics, and facts seen once vs 16 times
   dynamics.plot_curves(shown, os.path.join(workdir, "curves_tokens.png"), x="tokens")
   dynamics.plot_curves(shown, os.path.join(workdir, "curves_flops.png"), x="flops")
-  results: dict = {"sizes": {}, "spearman": {}, "lags": {}, "decoupling": {}, "across_sizes": {}}
+  info = {}
+  for stage in args.sizes.values():
+    path = os.path.join(context.stage_dir(stage), TASK_INFO)
+    if os.path.exists(path):
+      info.update(json.load(open(path)))
+
+  def noise(key, trajs) -> float:
+    """se of one evaluation: binomial for an accuracy on N items; 0 for bits per byte of a fixed text."""
+    if key[0] not in info or not key[1].startswith("acc"):
+      return 0.0
+    return stats.binomial_se(float(np.mean(trajs[key][:, 3])), info[key[0]]["num_items"])
+
+  results: dict = {"sizes": {}, "distances": {}, "timing": {}, "lags": {}, "decoupling": {}, "across_sizes": {},
+                   "task_info": info}
   for label in labels:
     trajs = by_size[label]
     keys = primary(trajs)
-    names, matrix, summary = dynamics.spearman_matrix(trajs, keys)
-    results["spearman"][label] = summary
+    se = {k: noise(k, trajs) for k in keys}
+    names, matrix, summary = dynamics.distance_matrix(trajs, keys, se)
+    results["distances"][label] = summary
     if label == largest:
-      dynamics.plot_matrix(names, matrix, os.path.join(workdir, "spearman.png"),
-                           f"Spearman of task trajectories ({label})")
-      results["spearman_matrix"] = {"keys": [f"{t}/{m}" for t, m in names],
+      dynamics.plot_matrix(names, matrix, os.path.join(workdir, "distances.png"),
+                           f"RMS distance between gain-fraction curves ({label})", vmax=0.5)
+      results["distance_matrix"] = {"keys": [f"{t}/{m}" for t, m in names],
                                     "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix]}
     final = {f"{t}/{m}": float(trajs[(t, m)][-1, 3]) for t, m in keys}
     first = {f"{t}/{m}": float(trajs[(t, m)][0, 3]) for t, m in keys}
@@ -120,9 +157,15 @@ def report(args, stage_dir: str, context) -> dict:
                                "first": first, "final": final,
                                "loss_first": None if loss is None else float(loss[0, 3]),
                                "loss_final": None if loss is None else float(loss[-1, 3])}
+    results["timing"][label] = {
+        f"{t}/{m}": {"leave_chance": (dynamics.tokens_to_leave_chance(trajs[(t, m)], info[t]["chance"], se[(t, m)])
+                                      if t in info and m == "acc" else None),
+                     "half_gain": dynamics.tokens_to_half_gain(trajs[(t, m)], se[(t, m)], (t, m))}
+        for t, m in keys}
     if loss is not None:
-      results["decoupling"][label] = {f"{t}/{m}": dynamics.loss_decoupling(loss, trajs[(t, m)], (t, m))
-                                      for t, m in keys if t not in LOSS_TASKS}
+      results["decoupling"][label] = {
+          f"{t}/{m}": dynamics.loss_decoupling(loss, trajs[(t, m)], (t, m), metric_se=se[(t, m)])
+          for t, m in keys if t not in LOSS_TASKS}
   # which domain moves first (largest size): lagged correlation of per-checkpoint changes
   trajs = by_size[largest]
   keys = primary(trajs)
@@ -132,14 +175,14 @@ def report(args, stage_dir: str, context) -> dict:
         continue
       lag = dynamics.lagged_correlation(dynamics.ability(a, trajs[a][:, 3]), dynamics.ability(b, trajs[b][:, 3]))
       results["lags"][f"{a[0]} vs {b[0]}"] = {"best_lag": lag["best_lag"], "correlation": lag["correlation"]}
-  # do trajectories look alike across sizes? Spearman between sizes of each task's curve (same checkpoints)
+  # do trajectories look alike across sizes? mean distance between the sizes' gain-fraction curves
   for key in keys:
-    curves = [dynamics.ability(key, by_size[s][key][:, 3]) for s in labels if key in by_size[s]]
-    m = min(len(c) for c in curves)
-    pairs = [dynamics.spearman(curves[i][:m], curves[j][:m]) for i in range(len(curves))
-             for j in range(i + 1, len(curves))]
-    finite = [p for p in pairs if not np.isnan(p)]  # a flat curve (e.g. chance throughout) has no ranking
-    results["across_sizes"][f"{key[0]}/{key[1]}"] = float(np.mean(finite)) if finite else None
+    curves = [(by_size[s][key], noise(key, by_size[s])) for s in labels if key in by_size[s]]
+    pairs = [dynamics.curve_distance(curves[i][0], curves[j][0], curves[i][1], curves[j][1], key)
+             for i in range(len(curves)) for j in range(i + 1, len(curves))]
+    finite = [p for p in pairs if p is not None]  # a curve that did not move beyond 2 se has no shape
+    results["across_sizes"][f"{key[0]}/{key[1]}"] = {"distance": float(np.mean(finite)) if finite else None,
+                                                     "pairs": len(finite)}
   dynamics.plot_normalized(by_size, keys, os.path.join(workdir, "normalized.png"))
   _plot_loss_vs_metrics(by_size, loss_by_size, keys, os.path.join(workdir, "loss_vs_downstream.png"))
 
@@ -147,8 +190,8 @@ def report(args, stage_dir: str, context) -> dict:
     json.dump(results, f, indent=2)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(_report_md(results, labels, keys))
-  return {"sizes": labels, "within": results["spearman"][largest]["within"],
-          "across": results["spearman"][largest]["across"]}
+  return {"sizes": labels, "within": results["distances"][largest]["within"],
+          "across": results["distances"][largest]["across"]}
 
 
 def _plot_loss_vs_metrics(by_size, loss_by_size, keys, path) -> None:
@@ -185,22 +228,29 @@ def _report_md(results, labels, keys) -> str:
     cells = [f"{_fmt(s['first'][n])} -> {_fmt(s['final'][n])}" for n in names]
     lines.append(f"| {label} | {s['params']:,} | {s['checkpoints']} | {s['tokens']:,.0f} | "
                  f"{_fmt(s['loss_first'])} -> {_fmt(s['loss_final'])} | " + " | ".join(cells) + " |")
-  lines += ["", "## Spearman correlation of task trajectories, within vs across capability domains", "",
-            "| size | within (pairs) | across (pairs) |", "|---|---|---|"]
+  lines += ["", "## Distance between gain-fraction curves, within vs across capability domains (RMS; 0 = same "
+            "shape; curves that did not move beyond 2 se left out)", "",
+            "| size | within (pairs) | across (pairs) | did not move |", "|---|---|---|---|"]
   for label in labels:
-    sp = results["spearman"][label]
-    lines.append(f"| {label} | {_fmt(sp['within'])} ({sp['pairs_within']}) | {_fmt(sp['across'])} "
-                 f"({sp['pairs_across']}) |")
-  lines += ["", "## Same task, different sizes: mean Spearman between the sizes' curves", "",
-            "| task | across sizes |", "|---|---|"]
-  lines += [f"| {k} | {_fmt(v)} |" for k, v in results["across_sizes"].items()]
+    d = results["distances"][label]
+    lines.append(f"| {label} | {_fmt(d['within'])} ({d['pairs_within']}) | {_fmt(d['across'])} "
+                 f"({d['pairs_across']}) | {', '.join(d['static']) or '-'} |")
+  lines += ["", "## Same task, different sizes: mean distance between the sizes' gain-fraction curves", "",
+            "| task | distance (pairs) |", "|---|---|"]
+  lines += [f"| {k} | {_fmt(v['distance'])} ({v['pairs']}) |" for k, v in results["across_sizes"].items()]
+  lines += ["", "## Tokens to leave chance (2 se above it) and to reach half of the final gain", "",
+            "| size | task | leave chance | half gain |", "|---|---|---|---|"]
+  for label, entries in results["timing"].items():
+    for name, t in entries.items():
+      cells = ["-" if t[k] is None else f"{t[k]:,.0f}" for k in ("leave_chance", "half_gain")]
+      lines.append(f"| {label} | {name} | {cells[0]} | {cells[1]} |")
   lines += ["", f"## Which moves first ({labels[-1]}): best lag of the change-to-change correlation "
             "(> 0: the first task's changes lead)", "", "| pair | best lag | correlation |", "|---|---|---|"]
   lines += [f"| {k} | {v['best_lag']} | {_fmt(v['correlation'])} |" for k, v in results["lags"].items()]
-  lines += ["", "## Downstream metrics against held-out loss: Spearman(-loss, metric) and checkpoint-to-checkpoint "
-            "steps where they move in opposite directions", "", "| size | metric | Spearman | steps disagreeing |",
-            "|---|---|---|---|"]
+  lines += ["", "## Downstream metrics against held-out loss: checkpoint-to-checkpoint steps where both move "
+            "beyond 2 se, and of those the steps where they move in opposite directions", "",
+            "| size | metric | steps resolved | disagreeing |", "|---|---|---|---|"]
   for label, entries in results["decoupling"].items():
     for name, d in entries.items():
-      lines.append(f"| {label} | {name} | {_fmt(d['spearman'])} | {d['steps_disagreeing']} / {d['steps']} |")
+      lines.append(f"| {label} | {name} | {d['steps_resolved']} / {d['steps']} | {d['steps_disagreeing']} |")
   return "\n".join(lines) + "\n"

@@ -100,7 +100,11 @@ def _plain(value: Any) -> Any:
 
 
 def num_seeds(study: ml_collections.ConfigDict) -> int:
-  seeds = study.get("study", {}).get("seeds", 1) if "study" in study else 1
+  section = study.get("study", None)
+  if section is not None and not isinstance(section, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"config.study={section!r} must be the study's section of knobs (seeds, budgets, ...); "
+                      "name the study in config.name")
+  seeds = section.get("seeds", 1) if section is not None else 1
   if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
     raise ConfigError(f"study.seeds={seeds!r} must be a positive integer (the number of paired seeds per arm)")
   return seeds

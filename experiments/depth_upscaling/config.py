@@ -19,7 +19,6 @@ paper: Yi-6B imported from Hugging Face -> Yi-9B by [0..27] + [12..27] + [28..31
 more code and math at a constant 3e-5, batch 4M tokens growing on plateaus.
 """
 
-import os
 
 import ml_collections
 
@@ -27,7 +26,7 @@ from yijax import configlib
 from yijax.models import presets
 from yijax.train.config import base_config
 
-ANALYSIS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.py")
+ANALYSIS = "yijax.studies.depth_upscaling"
 ARMS = {"max_cosine": "max_cosine", "min_cosine": "min_cosine"}  # arm -> block policy (surgery.select_block)
 
 WIDTHS = {

@@ -17,7 +17,6 @@ The small models train at a constant LR (after warmup) of ~3.3x the target's pea
 smoke: scratch and g4 at 10 and 20% only. paper: the 6L -> 24L TinyLlama-like setting (--dry_run).
 """
 
-import os
 
 import ml_collections
 
@@ -25,7 +24,7 @@ from yijax import configlib, models, surgery
 from yijax.models import presets
 from yijax.train.config import base_config
 
-ANALYSIS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.py")
+ANALYSIS = "yijax.studies.growth"
 FRACTIONS = {"1": 0.01, "2p5": 0.025, "5": 0.05, "10": 0.10, "20": 0.20}
 # arm -> (growth factor g, percent of D, order, new layers)
 ARMS = {f"g4_d{p}": (4, p, "stack", "copy") for p in FRACTIONS}

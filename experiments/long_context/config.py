@@ -137,7 +137,7 @@ def _small_scale(name: str) -> ml_collections.ConfigDict:
   needles = ["needle_before"] + [f"needle_after{arm[len('extend'):]}" for arm in arms]
   study.stages.report = ml_collections.ConfigDict({
       "kind": "python", "depends_on": ["data", "pretrain"] + list(arms) + needles,
-      "fn": "experiments/long_context/analysis.py:report_stage",
+      "fn": "yijax.studies.long_context:report_stage",
       "args": {"needles": needles, "arms": list(arms), "short": short, "long": long}})
   return study
 

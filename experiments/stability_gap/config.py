@@ -172,7 +172,7 @@ def _small_scale(name: str) -> ml_collections.ConfigDict:
                                                          strategy)}})
   study.stages.report = ml_collections.ConfigDict({
       "kind": "python", "depends_on": ["base_eval", "data"] + list(arms),
-      "fn": "experiments/stability_gap/analysis.py:analyze",
+      "fn": "yijax.studies.stability_gap:analyze",
       "args": {"arms": list(arms), "keys": KEYS, "labels": {a: LABELS[a] for a in arms},
                "domain_items": TASKS[0], "general_items": TASKS[1]}})
   return study

@@ -133,7 +133,7 @@ def _tail(study, models: dict, specs: list, sets: dict, scale: dict, add_bos: bo
       "args": {"models": models, "prepared": "{stage:data}/prepared", "sets": sets, "chunk_len": chunk_len,
                "add_bos": add_bos, "add_eos": add_bos, "ks": [30, 40, 50, 60, 100], "batch_size": 8}})
   study.stages.report = ml_collections.ConfigDict({
-      "kind": "python", "depends_on": ["evaluate"], "fn": "experiments/unlearning/analysis.py:analyze",
+      "kind": "python", "depends_on": ["evaluate"], "fn": "yijax.unlearning.study:analyze",
       "args": {"evaluate_stage": "evaluate", "arms": specs, "sets": list(sets), "general_set": "general_eval",
                "table_k": "30", "tolerance": 0.1, **baselines}})
 

@@ -18,7 +18,7 @@ from yijax.models.config import ConfigError
 
 def resolve_function(ref: str) -> Callable:
   """"pkg.module:fn" or "file.py:fn" -> the function. A relative file path is looked up from the current
-  directory, then from the yijax checkout (so "experiments/<study>/analysis.py:fn" works from anywhere)."""
+  directory, then from the yijax checkout (so "yijax/studies/<study>.py:fn" works from anywhere)."""
   target, _, fn_name = ref.partition(":")
   if not fn_name:
     raise ConfigError(f"function reference {ref!r} must look like 'package.module:function' or 'file.py:function'")

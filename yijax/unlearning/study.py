@@ -119,3 +119,10 @@ def evaluate(args, stage_dir: str, context) -> dict:
 def read_results(stage_dir: str, names) -> dict[str, dict]:
   """The per-model results an evaluate stage wrote."""
   return {name: json.load(open(os.path.join(stage_dir, MODELS, f"{name}.json"))) for name in names}
+
+
+def analyze(args, stage_dir, context) -> dict:
+  """The report stage: results.json, report.md and forget_vs_general.png (yijax/unlearning/report.py)."""
+  from yijax.unlearning import report
+
+  return report.write_report(args, stage_dir, context)

@@ -187,7 +187,7 @@ for study in {studies!r}:
   if data_dir_override:
     run += '''\
   if os.environ.get("YIJAX_NOTEBOOK_DATA"):  # an already prepared embedded corpus (CI reuses its own)
-    args.append(f"--config.data_dir={os.environ['YIJAX_NOTEBOOK_DATA']}")
+    args.append(f"--config.study.data_dir={os.environ['YIJAX_NOTEBOOK_DATA']}")
 '''
   run += '''\
   assert cli.main(["yijax", "experiment", "--dry_run", *args]) == 0  # the plan: one JSON line per stage
@@ -217,9 +217,10 @@ results and the protocol are in {readmes}."""),
 CHECKPOINT_DYNAMICS = study_notebook(
     "checkpoint_dynamics.ipynb", "Checkpoint dynamics (\"The Fine Line\", Yang et al. 2024)",
     "Three model sizes trained on the same data order; the offline battery (bits per byte, cloze, "
-    "arithmetic, induction, facts) on every kept checkpoint; curves against tokens and FLOPs, the Spearman "
-    "matrix of task trajectories within and across domains, which domain moves first, and where downstream "
-    "metrics decouple from the loss.", ["checkpoint_dynamics"], data_dir_override=True)
+    "arithmetic, induction, facts) on every kept checkpoint; curves against tokens and FLOPs, distances "
+    "between normalised task curves within and across domains and across sizes, tokens to leave chance and to "
+    "reach half of the final gain, which domain moves first, and where downstream metrics decouple from the loss "
+    "beyond noise.", ["checkpoint_dynamics"], data_dir_override=True)
 
 STABILITY_GAP = study_notebook(
     "stability_gap.ipynb", "The stability gap of continual pretraining (Guo et al. 2024)",

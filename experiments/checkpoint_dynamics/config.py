@@ -24,6 +24,7 @@ import ml_collections
 from yijax import configlib, models
 from yijax.eval.tasks import pretraining
 from yijax.models import presets
+from yijax.studies import common
 from yijax.train.config import tiny_pretrain_config
 
 STAGES = "yijax.studies.checkpoint_dynamics"
@@ -53,21 +54,20 @@ SCALES = {
 }
 
 
-def _train_run(scale: dict, size: tuple, data_ref: str) -> ml_collections.ConfigDict:
+def _train_run(scale: dict, size: tuple, data_ref: str, knobs: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   hidden, layers, heads, kv, head_dim, mlp = size
   config = tiny_pretrain_config()
   config.model = presets.config_dict("tiny", vocab_size=scale["vocab"], hidden_size=hidden, num_layers=layers,
                                      num_heads=heads, num_kv_heads=kv, head_dim=head_dim, mlp_dim=mlp,
                                      max_seq_len=max(scale["seq_len"], 128))
-  steps = scale["steps"]
+  steps = knobs.get_ref("steps")
   config = configlib.apply_overrides(config, {
-      "train.steps": steps, "train.batch_size": scale["batch"], "train.seq_len": scale["seq_len"],
-      "train.seed": 0, "train.progress_bar": False,
-      "optimizer.lr": scale["lr"], "optimizer.warmup_steps": max(steps // 20, 1), "optimizer.min_lr_ratio": 0.1,
-      "eval.every_steps": 0, "eval.batches": 0,
-      "checkpoint.every_steps": steps, "checkpoint.keep_last": 1,
-      "checkpoint.keep_log_spaced": scale["log_spaced"],
-  })
+      "train.batch_size": scale["batch"], "train.seq_len": scale["seq_len"], "train.seed": 0,
+      "train.progress_bar": False, "optimizer.min_lr_ratio": 0.1, "eval.every_steps": 0, "eval.batches": 0,
+      "checkpoint.keep_last": 1})
+  common.link(config, {"train.steps": steps, "optimizer.lr": knobs.get_ref("lr"),
+                       "optimizer.warmup_steps": (steps + 19) // 20, "checkpoint.every_steps": steps,
+                       "checkpoint.keep_log_spaced": knobs.get_ref("log_spaced")})
   with config.data.unlocked():
     config.data.prepared_dir = data_ref
     config.data.sources = pretraining.with_shares(BASE_MIX, SHARES)
@@ -75,9 +75,7 @@ def _train_run(scale: dict, size: tuple, data_ref: str) -> ml_collections.Config
 
 
 def _paper() -> ml_collections.ConfigDict:
-  study = ml_collections.ConfigDict()
-  study.name = "checkpoint_dynamics"
-  study.scale = "paper"
+  study = common.new_study("checkpoint_dynamics", "paper", {"seeds": 1})
   checkpoints = ml_collections.FieldReference("/path/to/converted_checkpoints")
   tokenizer = ml_collections.FieldReference("/path/to/tokenizer.model")
   benchmarks = ml_collections.FieldReference("")
@@ -87,7 +85,6 @@ def _paper() -> ml_collections.ConfigDict:
       "tokenizer": tokenizer,
       "benchmarks": benchmarks,  # comma-separated lm-eval-style JSONL exports (ARC, HellaSwag, ...), one per task
   })
-  study.stages = ml_collections.ConfigDict()
   study.stages.eval_released = {
       "kind": "python", "depends_on": [], "fn": f"{STAGES}:evaluate_run",
       "args": {"run": checkpoints, "tasks": ["bpb_docs", "bpb_code", "cloze_docs", "cloze_code", "arith",
@@ -102,29 +99,26 @@ def _paper() -> ml_collections.ConfigDict:
 def get_config(scale="smoke"):
   if scale == "paper":
     return _paper()
-  if scale not in SCALES:
-    raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES) + ['paper']}")
-  s = SCALES[scale]
-  study = ml_collections.ConfigDict()
-  study.name = "checkpoint_dynamics"
-  study.scale = scale
-  study.data_dir = ml_collections.FieldReference("")  # a prepared embedded corpus to copy ("" = prepare it)
-  study.stages = ml_collections.ConfigDict()
-  study.stages.data = {"kind": "python", "depends_on": [], "fn": f"{STAGES}:prepare_data",
-                       "args": {"vocab_size": s["vocab"], "sample_mb": s["sample_mb"], "seed": 0,
-                                "facts_per_group": s["facts_per_group"], "arith_examples": s["arith_examples"],
-                                "from_dir": study.get_ref("data_dir")}}
+  s = common.by_scale(scale, **SCALES, paper=None)
+  config = common.new_study("checkpoint_dynamics", scale, {
+      "seeds": 1,  # its stages are not seeded yet (issue 22): one training seed per size
+      "data_dir": "",  # a prepared embedded corpus to copy ("" = prepare it)
+      "steps": s["steps"], "lr": s["lr"], "log_spaced": s["log_spaced"]})
+  knobs = config.study
+  config.stages.data = {"kind": "python", "depends_on": [], "fn": f"{STAGES}:prepare_data",
+                        "args": {"vocab_size": s["vocab"], "sample_mb": s["sample_mb"], "seed": 0,
+                                 "facts_per_group": s["facts_per_group"], "arith_examples": s["arith_examples"],
+                                 "from_dir": knobs.get_ref("data_dir")}}
   params, sizes = {}, {}
   for label, size in s["sizes"].items():
-    run = _train_run(s, size, "{stage:data}/prepared")
+    run = _train_run(s, size, "{stage:data}/prepared", knobs)
     params[label] = models.param_count(configlib.model_config(run))["total"]
-    name = label
-    study.stages[f"train_{name}"] = {"kind": "train", "depends_on": ["data"], "run": run}
-    study.stages[f"eval_{name}"] = {
-        "kind": "python", "depends_on": [f"train_{name}"], "fn": f"{STAGES}:evaluate_run",
-        "args": {"run": f"{{stage:train_{name}}}", "tasks": TASKS, "seed": 0, "tokenizer": "",
+    config.stages[f"train_{label}"] = {"kind": "train", "depends_on": ["data"], "run": run}
+    config.stages[f"eval_{label}"] = {
+        "kind": "python", "depends_on": [f"train_{label}"], "fn": f"{STAGES}:evaluate_run",
+        "args": {"run": f"{{stage:train_{label}}}", "tasks": TASKS, "seed": 0, "tokenizer": "",
                  "options": {"facts_per_group": s["facts_per_group"], **s["task_options"]}}}
-    sizes[label] = f"eval_{name}"
-  study.stages.report = {"kind": "python", "depends_on": list(sizes.values()), "fn": f"{STAGES}:report",
-                         "args": {"sizes": sizes, "params": params}}
-  return study
+    sizes[label] = f"eval_{label}"
+  config.stages.report = {"kind": "python", "depends_on": list(sizes.values()), "fn": f"{STAGES}:report",
+                          "args": {"sizes": sizes, "params": params}}
+  return config

@@ -3,7 +3,7 @@
   yijax experiment --config=experiments/depth_upscaling/config.py:cpu --workdir=runs/depth_upscaling
   yijax experiment --config=experiments/depth_upscaling/config.py:smoke --workdir=/tmp/du_smoke
   yijax experiment --config=experiments/depth_upscaling/config.py:paper --workdir=runs/yi_9b --dry_run \
-      --config.hf_dir=/models/Yi-6B --config.data_dir=/data/yi_mix --config.data_dir_stage2=/data/yi_mix_code_math
+      --config.study.hf_dir=/models/Yi-6B --config.study.data_dir=/data/yi_mix --config.study.data_dir_stage2=/data/yi_mix_code_math
 
 smoke / cpu / gpu: an 8-layer model pretrained with warmup + cosine (layer cosine
 measured at every kept checkpoint), grown to 12 layers by duplicating a block of
@@ -24,6 +24,7 @@ import ml_collections
 
 from yijax import configlib
 from yijax.models import presets
+from yijax.studies import common
 from yijax.train.config import base_config
 
 ANALYSIS = "yijax.studies.depth_upscaling"
@@ -51,7 +52,7 @@ def _run(scale, layers, steps, lr, schedule, data_dir, init_from="", data_state_
       "train.steps": steps, "train.batch_size": batch, "train.seq_len": seq_len, "train.progress_bar": False,
       "train.init_from": init_from, "train.init_data_state_from": data_state_from,
       "optimizer.lr": lr, "optimizer.schedule": schedule,
-      "optimizer.warmup_steps": max(steps // 20, 1) if schedule == "cosine" else 0,
+      "optimizer.warmup_steps": (steps + 19) // 20 if schedule == "cosine" else 0,
       "data.sources": {"python_code": 0.7, "python_docs": 0.3},
       "eval.every_steps": eval_every, "eval.batches": eval_batches, "eval.batch_size": batch,
       "checkpoint.every_steps": every if not init_from else steps, "checkpoint.keep_every": every,
@@ -70,27 +71,30 @@ def _run(scale, layers, steps, lr, schedule, data_dir, init_from="", data_state_
   return config
 
 
-def _paper_run(study, steps, init_from, data_dir):
+def _paper_run(steps, init_from, data_dir):
   config = base_config("yi_9b")
   config = configlib.apply_overrides(config, {
-      "model.dtype": "bfloat16", "model.remat_policy": "full", "train.steps": steps, "train.batch_size": 1024,
+      "model.dtype": "bfloat16", "model.remat_policy": "full", "train.batch_size": 1024,
       "train.seq_len": 4096, "train.init_from": init_from, "train.progress_bar": False,
       "optimizer.lr": 3e-5, "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
       "train.batch_growth.factor": 2, "train.batch_growth.patience": 3, "train.batch_growth.ema": 0.9,
       "train.batch_growth.max_batch_size": 4096, "eval.every_steps": 1000, "eval.batches": 16,
       "checkpoint.every_steps": 1000, "mesh.data": 1, "mesh.fsdp": -1})
+  common.link(config, {"train.steps": steps})
   with config.data.unlocked():
     config.data.prepared_dir = data_dir
   return config
 
 
-def _paper(study):
-  study.hf_dir = ml_collections.FieldReference("")
-  study.data_dir_stage2 = ml_collections.FieldReference("")
-  steps = 400_000_000_000 // (1024 * 4096)  # 0.4T tokens at the starting 4M-token batch
+def _paper() -> ml_collections.ConfigDict:
+  study = common.new_study("depth_upscaling", "paper", {
+      "seeds": 1, "hf_dir": "", "data_dir": "", "data_dir_stage2": "",
+      "stage_tokens": 400_000_000_000})  # each continued-pretraining stage (Yi-9B: 0.4T + 0.4T)
+  knobs = study.study
+  steps = knobs.get_ref("stage_tokens") // (1024 * 4096)  # at the starting 4M-token batch
   study.stages.import_yi_6b = {"kind": "python", "depends_on": [], "fn": ANALYSIS + ":import_stage",
-                               "args": {"hf_dir": study.get_ref("hf_dir"), "data_dir": study.get_ref("data_dir"),
-                                        "data_dir_stage2": study.get_ref("data_dir_stage2")}}
+                               "args": {"hf_dir": knobs.get_ref("hf_dir"), "data_dir": knobs.get_ref("data_dir"),
+                                        "data_dir_stage2": knobs.get_ref("data_dir_stage2")}}
   study.stages.cosine = {"kind": "python", "depends_on": ["import_yi_6b"], "fn": ANALYSIS + ":cosine_stage",
                          "args": {"source": "{stage:import_yi_6b}/model", "block_size": 16,
                                   "policies": {"yi_rule": "max_cosine"}}}
@@ -98,30 +102,30 @@ def _paper(study):
                        "args": {"source": "{stage:import_yi_6b}/model", "blocks": {"yi_9b": [12, 28]},
                                 "eval_batches": 0}}
   study.stages.continue_stage1 = {"kind": "train", "depends_on": ["grow"],
-                                  "run": _paper_run(study, steps, "{stage:grow}/yi_9b", study.get_ref("data_dir"))}
+                                  "run": _paper_run(steps, "{stage:grow}/yi_9b", knobs.get_ref("data_dir"))}
   study.stages.continue_stage2 = {"kind": "train", "depends_on": ["continue_stage1"],
-                                  "run": _paper_run(study, steps, "{stage:continue_stage1}",
-                                                    study.get_ref("data_dir_stage2"))}
+                                  "run": _paper_run(steps, "{stage:continue_stage1}", knobs.get_ref("data_dir_stage2"))}
   return study
 
 
 def get_config(scale="smoke"):
-  if scale not in list(SCALES) + ["paper"]:
-    raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES) + ['paper']}")
-  study = ml_collections.ConfigDict()
-  study.name = "depth_upscaling"
-  study.scale = scale
-  study.data_dir = ml_collections.FieldReference("")  # prepared data ("" = the embedded corpus, cached)
-  study.stages = ml_collections.ConfigDict()
   if scale == "paper":
-    return _paper(study)
-  pretrain_steps, continue_steps, *_, lr, _ = SCALES[scale]
-  data = study.get_ref("data_dir")
-  study.stages.pretrain = {"kind": "train", "depends_on": [], "run": _run(scale, 8, pretrain_steps, lr, "cosine", data)}
+    return _paper()
+  pretrain_steps, continue_steps, *_, peak_lr, _ = common.by_scale(scale, **SCALES, paper=None)
+  study = common.new_study("depth_upscaling", scale, {
+      "seeds": 1,  # its stages are not seeded yet (issue 22)
+      "data_dir": "",  # prepared data ("" = the embedded corpus, cached)
+      "pretrain_steps": pretrain_steps, "continue_steps": continue_steps,
+      "lr": peak_lr})  # the source's peak LR; every continuation runs at a constant tenth of it
+  knobs = study.study
+  data, lr = knobs.get_ref("data_dir"), knobs.get_ref("lr")
+  study.stages.pretrain = {"kind": "train", "depends_on": [], "run": _run(
+      scale, 8, knobs.get_ref("pretrain_steps"), lr, "cosine", data)}
   study.stages.cosine = {"kind": "python", "depends_on": ["pretrain"], "fn": ANALYSIS + ":cosine_stage",
                          "args": {"source": "{stage:pretrain}", "block_size": 4, "policies": dict(ARMS)}}
   study.stages.grow = {"kind": "python", "depends_on": ["cosine"], "fn": ANALYSIS + ":grow_stage",
                        "args": {"source": "{stage:pretrain}", "blocks": {}, "eval_batches": SCALES[scale][5]}}
+  continue_steps = knobs.get_ref("continue_steps")
   for arm in ARMS:
     study.stages[f"continue_{arm}"] = {"kind": "train", "depends_on": ["grow"], "run": _run(
         scale, 12, continue_steps, lr / 10, "constant", data, f"{{stage:grow}}/{arm}", f"{{stage:grow}}/{arm}", True)}

@@ -22,6 +22,7 @@ import ml_collections
 
 from yijax import configlib, models, surgery
 from yijax.models import presets
+from yijax.studies import common
 from yijax.train.config import base_config
 
 ANALYSIS = "yijax.studies.growth"
@@ -78,16 +79,14 @@ def _run(scale, layers, steps, lr, schedule, data_dir, init_from="", keep_steps=
 
 
 def get_config(scale="smoke"):
-  if scale not in SCALES:
-    raise ValueError(f"scale {scale!r} is not one of {sorted(SCALES)}")
-  target_layers, total, batch, seq_len, *_, lr = SCALES[scale]
-  study = ml_collections.ConfigDict()
-  study.name = "growth"
-  study.scale = scale
-  study.data_dir = ml_collections.FieldReference("")  # prepared data ("" = the embedded corpus, cached)
-  data = study.get_ref("data_dir")
+  target_layers, total, batch, seq_len, *_, peak_lr = common.by_scale(scale, **SCALES)
+  study = common.new_study("growth", scale, {
+      "seeds": 1,  # its stages are not seeded yet (issue 22)
+      "data_dir": "",  # prepared data ("" = the embedded corpus, cached)
+      "lr": peak_lr})  # the target's peak LR; the small models train at SMALL_LR_RATIO x it
+  data = study.study.get_ref("data_dir")
+  lr = study.study.get_ref("lr")
   arms = {a: ARMS[a] for a in (SMOKE_ARMS if scale == "smoke" else ARMS)}
-  study.stages = ml_collections.ConfigDict()
   small_steps = {}
   for g, percent, *_ in arms.values():
     small_steps.setdefault(g, set()).add(d_steps(scale, percent))

@@ -16,7 +16,7 @@ def import_stage(args, stage_dir, context) -> dict:
   """Yi-6B from Hugging Face safetensors (paper scale)."""
   from yijax.convert import hf
 
-  missing = [f"--config.{k}" for k in ("hf_dir", "data_dir", "data_dir_stage2") if not args[k]]
+  missing = [f"--config.study.{k}" for k in ("hf_dir", "data_dir", "data_dir_stage2") if not args[k]]
   if missing:
     raise ConfigError(f"the paper scale needs {', '.join(missing)}: the Yi-6B Hugging Face directory and the two "
                       "continual-pretraining mixtures prepared with Yi's tokenizer (`yijax prepare`)")

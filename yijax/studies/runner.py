@@ -161,6 +161,9 @@ def expand(study: ml_collections.ConfigDict) -> dict[str, Instance]:
   from yijax.studies import stages as stage_kinds
 
   seeds = range(num_seeds(study))
+  if len(seeds) > 1 and not any(stage.get("seeded", False) for stage in study.stages.values()):
+    raise ConfigError(f"study.seeds={len(seeds)}, but no stage of {study.get('name', 'this study')!r} is seeded "
+                      "(seeded=True): it runs one seed; set study.seeds=1")
   instances: dict[str, Instance] = {}
   for name, stage in study.stages.items():
     if "kind" not in stage or stage.kind not in stage_kinds.KINDS:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from absl import flags
 
-from yijax.models.config import ConfigError
+from yijax.errors import ConfigError, UsageError, YijaxError  # noqa: F401 - UsageError: commands import it here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +45,6 @@ COMMANDS: dict[str, Command] = {
     "roundtrip-demo": Command("tiny model -> HF export -> import -> generate, offline", "roundtrip_demo"),
 }
 
-
-class UsageError(Exception):
-  pass
 
 
 def usage() -> str:
@@ -89,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   try:
     return module.run(fv, rest[1:]) or 0
-  except (ConfigError, UsageError, ValueError, FileNotFoundError) as e:
+  except YijaxError as e:  # a user error: one line; anything else is a bug and shows its traceback
     if os.environ.get("YIJAX_TRACEBACK"):
       raise
     print(f"yijax {name}: error: {e}", file=sys.stderr)

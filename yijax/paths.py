@@ -20,11 +20,10 @@ import os
 
 from etils import epath
 
+from yijax.errors import PathError  # noqa: F401 - re-exported
+
 SCHEMES = ("gs",)
 
-
-class PathError(ValueError):
-  """A run or model location that cannot be used; the message names it and the fix."""
 
 
 def is_url(path) -> bool:
@@ -68,6 +67,10 @@ def parent(location) -> str:
   return str(epath.Path(location).parent) if is_url(location) else os.path.dirname(location)
 
 
+def basename(location) -> str:
+  return epath.Path(location).name
+
+
 def exists(location) -> bool:
   return epath.Path(location).exists()
 
@@ -102,6 +105,20 @@ def write_text(location, text: str) -> None:
 def copy_file(source, destination) -> None:
   """Copies one file between any two locations (local or gs://)."""
   epath.Path(destination).write_bytes(epath.Path(source).read_bytes())
+
+
+def rename(source, destination) -> None:
+  """Moves a file or directory (local: an atomic rename; GCS has no rename, so a copy, then the source
+  is removed)."""
+  if not is_url(source) and not is_url(destination):
+    os.replace(source, destination)
+    return
+  if isdir(source):
+    copy_tree(source, destination)
+    epath.Path(source).rmtree()
+  else:
+    copy_file(source, destination)
+    epath.Path(source).unlink()
 
 
 def copy_tree(source, destination) -> None:

@@ -184,6 +184,14 @@ def data_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def barrier(name: str) -> None:
+  """Waits for every process (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def maybe_initialize_distributed(
     enabled: bool | str = "auto",
     coordinator_address: str | None = None,

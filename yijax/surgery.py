@@ -218,7 +218,7 @@ def layer_cosine(config: ModelConfig, params: Any, tokens, positions=None, segme
   positions = np.asarray(positions, np.int32).reshape(tokens.shape)
   per_layer, count = jax.device_get(_cosine_fn(config)(params, tokens, positions, segment_ids))
   if int(count) == 0:
-    raise ValueError("layer_cosine scored no tokens: every row is padding or one token long")
+    raise ConfigError("layer_cosine scored no tokens: every row is padding or one token long")
   per_layer = [float(v) for v in per_layer]
   return {"per_layer": per_layer, "model_level": model_level_cosine(per_layer), "tokens": int(count)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from yijax import configlib, models
 from yijax.commands import check_config_overrides, define_config
+from yijax.errors import UsageError
 
 
 def define_flags(fv, argv):
@@ -22,7 +23,7 @@ def _human(n: float) -> str:
 
 def run(fv, args):
   if fv.config is None:
-    raise ValueError("--config is required, e.g. --config=configs/models/yi_6b.py")
+    raise UsageError("--config is required, e.g. --config=configs/models/yi_6b.py")
   config = configlib.model_config(fv.config)
   counts = models.param_count(config)
   print(f"layers {config.num_layers}  hidden {config.hidden_size}  heads {config.num_heads} "

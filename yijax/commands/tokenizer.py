@@ -9,6 +9,7 @@ import tempfile
 from absl import flags
 
 from yijax.cli import UsageError
+from yijax.errors import ConfigError
 
 ACTIONS = ("train",)
 
@@ -62,7 +63,7 @@ def run(fv, args):
       tokenizer = train_tokenizer(inputs, fv.vocab_size, fv.out, num_threads=fv.num_threads, seed=fv.seed,
                                   input_sentence_size=fv.input_sentence_size)
     except RuntimeError as e:  # sentencepiece's own message says what to change
-      raise ValueError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+      raise ConfigError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
   print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces, bos {tokenizer.bos_id}, eos {tokenizer.eos_id}, "
         f"sha256 {tokenizer.checksum[:16]}")
   return 0

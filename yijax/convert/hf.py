@@ -31,14 +31,12 @@ import numpy as np
 from yijax import paths
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.train import params_io
+from yijax.errors import ConversionError  # noqa: F401 - re-exported
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "YiForCausalLM", "MistralForCausalLM")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
-
-class ConversionError(ValueError):
-  """Bad input to a conversion; names the tensor, file or field."""
 
 
 @dataclasses.dataclass(frozen=True)

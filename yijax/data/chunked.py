@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from yijax.data import records
+from yijax.errors import DataError
 from yijax.models.config import ConfigError
 
 MIN_TOKENS = 5  # the reference code drops chunks shorter than this
@@ -75,7 +76,7 @@ def pad_rows(chunks, chunk_len: int, factors=None) -> dict[str, np.ndarray]:
   for i, chunk in enumerate(chunks):
     n = len(chunk)
     if n > chunk_len:
-      raise ValueError(f"chunk {i} has {n} tokens, more than chunk_len={chunk_len}")
+      raise DataError(f"chunk {i} has {n} tokens, more than chunk_len={chunk_len}")
     tokens[i, :n], segment_ids[i, :n], positions[i, :n] = chunk, 1, np.arange(n)
   batch = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
   if factors is not None:
@@ -155,7 +156,7 @@ class ChunkReader:
       parts.append(np.array([self.eos], np.int32))
     chunk = np.concatenate(parts).astype(np.int32)
     if len(chunk) != size:
-      raise ValueError(f"source {t.name!r}: document {int(t.documents[i])} is shorter than its lengths sidecar "
+      raise DataError(f"source {t.name!r}: document {int(t.documents[i])} is shorter than its lengths sidecar "
                        "says; rerun `yijax prepare` to rebuild the shard")
     return chunk
 

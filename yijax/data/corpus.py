@@ -31,6 +31,8 @@ import sys
 import sysconfig
 from typing import Iterator, Sequence
 
+from yijax.errors import DataError
+
 SOURCES = ("python_docs", "python_code")
 SPLITS = ("train", "validation")
 VALIDATION_FRACTION = 0.05
@@ -43,18 +45,18 @@ _SKIP_FILE_PREFIXES = ("_sysconfigdata",)
 
 def _check_source(source: str) -> None:
   if source not in SOURCES:
-    raise ValueError(f"unknown embedded source {source!r}; choose one of {', '.join(SOURCES)}")
+    raise DataError(f"unknown embedded source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
 def _check_split(split: str) -> None:
   if split not in SPLITS:
-    raise ValueError(f"unknown embedded split {split!r}; choose one of {', '.join(SPLITS)}")
+    raise DataError(f"unknown embedded split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def split_of(doc_id: str, validation_fraction: float = VALIDATION_FRACTION) -> str:
   """`validation` for the ids whose sha256 lands in the last `validation_fraction`, else `train`."""
   if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+    raise DataError(f"validation_fraction={validation_fraction} must be in [0, 1)")
   top = int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big")
   return "validation" if top >= (1.0 - validation_fraction) * 2**64 else "train"
 
@@ -287,7 +289,7 @@ def tfds_source(name: str, split: str, data_dir: str | None):
     return tfds.data_source(name, split=split, data_dir=data_dir)
   except Exception as e:  # noqa: BLE001 -- tfds raises many kinds; the first line names the problem
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"cannot open tfds:{name}:{split} in data_dir={data_dir}: {first} "
+    raise DataError(f"cannot open tfds:{name}:{split} in data_dir={data_dir}: {first} "
                      "(it must be an ArrayRecord-format TFDS dataset; pass --tfds_data_dir)") from None
 
 

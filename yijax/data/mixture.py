@@ -36,6 +36,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from yijax.errors import DataError
 from yijax.models.config import ConfigError
 
 UPSAMPLING_MODES = ("none", "per_source", "global")
@@ -162,7 +163,7 @@ class SubsetChunks(grain.MapDataset):
     super().__init__()
     total = int(chunk_ends[-1])
     if not 0 < size <= total:
-      raise ValueError(f"a subset of {size} chunks does not fit a source of {total}")
+      raise DataError(f"a subset of {size} chunks does not fit a source of {total}")
     self._chunks, self._size, self._seed, self._resample = chunks, size, seed, resample
     self._counts = np.diff(np.asarray(chunk_ends, np.int64), prepend=0)
     self._starts = np.asarray(chunk_ends, np.int64) - self._counts

@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from yijax.data import mixture, records
+from yijax.errors import DataError
 from yijax.models.config import ConfigError
 
 MANIFEST = "manifest.json"
@@ -246,7 +247,7 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    raise DataError(f"process_index={process_index} must be in [0, process_count={process_count})")
   return process_index, process_count
 
 

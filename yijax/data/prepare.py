@@ -28,6 +28,7 @@ import time
 from typing import Iterable, Sequence
 
 from yijax.data import corpus, quality, records
+from yijax.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT = "yijax-prepared/1"
@@ -57,13 +58,13 @@ def parse_source(value: str, split: str = "train", text_field: str = "text", fil
   """`NAME=PATH_OR_GLOB[,PATH...]` or `NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT` -> SourceSpec."""
   name, sep, target = value.partition("=")
   if not sep or not name or not target:
-    raise ValueError(f"--source={value!r}: expected NAME=PATH_OR_GLOB or NAME=tfds:DATASET:SPLIT")
+    raise DataError(f"--source={value!r}: expected NAME=PATH_OR_GLOB or NAME=tfds:DATASET:SPLIT")
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-    raise ValueError(f"--source name {name!r} must use only letters, digits, '_', '.', '-'")
+    raise DataError(f"--source name {name!r} must use only letters, digits, '_', '.', '-'")
   if file_format not in ("auto", "text", "jsonl"):
-    raise ValueError(f"--format={file_format!r}: choose auto, text or jsonl")
+    raise DataError(f"--format={file_format!r}: choose auto, text or jsonl")
   if target.startswith("tfds:") and not _TFDS_RE.match(target):
-    raise ValueError(f"--source={value!r}: the tfds form is NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT")
+    raise DataError(f"--source={value!r}: the tfds form is NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT")
   inputs = (target,) if target.startswith("tfds:") else tuple(t for t in target.split(",") if t)
   return SourceSpec(name, split, inputs, text_field, file_format, tfds_data_dir)
 
@@ -77,14 +78,14 @@ def _resolve_files(spec: SourceSpec) -> list[str]:
     if glob.has_magic(pattern):
       matched = sorted(glob.glob(pattern, recursive=True))
       if not matched:
-        raise ValueError(f"--source={spec.name}={pattern}: the pattern matched no files")
+        raise DataError(f"--source={spec.name}={pattern}: the pattern matched no files")
       files += matched
     elif os.path.isdir(pattern):
       files += sorted(os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs)
     elif os.path.lexists(pattern):
       files.append(pattern)
     else:
-      raise ValueError(f"--source={spec.name}={pattern}: no such file or directory")
+      raise DataError(f"--source={spec.name}={pattern}: no such file or directory")
   return files
 
 
@@ -245,7 +246,7 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
     if stored["key"] == key:
       return stored["units"]
     if any(f.endswith(".done.json") for f in os.listdir(directory)):
-      raise ValueError(f"{directory} holds shards prepared from other inputs, options or tokenizer; "
+      raise DataError(f"{directory} holds shards prepared from other inputs, options or tokenizer; "
                        "rerun with the original flags, or use a new --out (or delete that directory)")
   units = make_units()
   if os.path.isdir(directory):  # stale, unfinished files of an abandoned plan
@@ -325,10 +326,10 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   from yijax.data.tokenizer import Tokenizer
 
   if not specs:
-    raise ValueError("nothing to prepare: give at least one --source")
+    raise DataError("nothing to prepare: give at least one --source")
   names = [(s.split, s.name) for s in specs]
   if len(set(names)) != len(names):
-    raise ValueError(f"a source is given twice for the same split: {sorted(names)}")
+    raise DataError(f"a source is given twice for the same split: {sorted(names)}")
   num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
   tokenizer = Tokenizer(tokenizer_path)
   token_meta = dict(tokenizer.meta(), path=os.path.abspath(tokenizer.path))
@@ -336,7 +337,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   manifest = _read_json(manifest_path) if os.path.exists(manifest_path) else {
       "format": FORMAT, "splits": {}, "corpus_fingerprint": None}
   if manifest.get("tokenizer", token_meta).get("sha256") != tokenizer.checksum:
-    raise ValueError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "
+    raise DataError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "
                      "use the same --tokenizer or a new --out")
   manifest["tokenizer"] = token_meta
   specs = quality.attach(list(specs), quality_options, tokenizer, out_dir, quality_sources)
@@ -383,7 +384,7 @@ def prepare_embedded(out_dir: str, vocab_size: int, sample_mb: float = 4.0, num_
   if os.path.exists(os.path.join(tokenizer_dir, MODEL_FILE)):
     tokenizer = Tokenizer(tokenizer_dir)
     if tokenizer.vocab_size != vocab_size:
-      raise ValueError(f"{tokenizer_dir} holds a {tokenizer.vocab_size}-piece tokenizer, not {vocab_size}; "
+      raise DataError(f"{tokenizer_dir} holds a {tokenizer.vocab_size}-piece tokenizer, not {vocab_size}; "
                        "use another directory for another vocabulary size")
   else:
     os.makedirs(out_dir, exist_ok=True)
@@ -408,7 +409,7 @@ def write_token_source(out_dir: str, split: str, name: str, documents: Iterable[
       "format": FORMAT, "splits": {}, "corpus_fingerprint": None, "tokenizer": dict(tokenizer)}
   keys = ("vocab_size", "bos_id", "eos_id", "pad_id")
   if any(manifest["tokenizer"].get(k) != tokenizer.get(k) for k in keys):
-    raise ValueError(f"{out_dir} holds data of another tokenizer {manifest['tokenizer']}; got {tokenizer}")
+    raise DataError(f"{out_dir} holds data of another tokenizer {manifest['tokenizer']}; got {tokenizer}")
   documents = [d for d in documents if len(d)]
   spec = SourceSpec(name, split, ("<token documents>",))
   units = []

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from yijax.data import records
+from yijax.errors import DataError, MissingFileError
 
 SCORES_SUFFIX = ".quality.npy"
 NGRAM_DIR = "quality"
@@ -55,14 +56,14 @@ class QualityOptions:
 
   def check(self) -> None:
     if self.budget_tokens <= 0:
-      raise ValueError(f"--quality_budget_tokens={self.budget_tokens} must be positive (tokens to keep per source)")
+      raise DataError(f"--quality_budget_tokens={self.budget_tokens} must be positive (tokens to keep per source)")
     if not self.kenlm_model and not self.reference:
-      raise ValueError("quality selection needs a scorer: --quality_reference=FILES (a clean reference corpus "
+      raise DataError("quality selection needs a scorer: --quality_reference=FILES (a clean reference corpus "
                        "for the built-in n-gram scorer) or --kenlm_model=PATH")
     if not 1 <= self.order <= 6 or not 0.0 < self.discount < 1.0:
-      raise ValueError(f"--quality_order={self.order} must be in [1, 6] and the discount {self.discount} in (0, 1)")
+      raise DataError(f"--quality_order={self.order} must be in [1, 6] and the discount {self.discount} in (0, 1)")
     if not self.suffix:
-      raise ValueError("--quality_suffix must not be empty (the selected source needs its own name)")
+      raise DataError("--quality_suffix must not be empty (the selected source needs its own name)")
 
 
 # ---------------------------------------------------------------- the n-gram scorer
@@ -83,10 +84,10 @@ class NgramModel:
             discount: float = 0.75) -> "NgramModel":
     base = vocab_size + 1
     if base ** order >= 2 ** 62:
-      raise ValueError(f"an order-{order} n-gram over {vocab_size} ids does not fit 64-bit keys; lower the order")
+      raise DataError(f"an order-{order} n-gram over {vocab_size} ids does not fit 64-bit keys; lower the order")
     grams = [_keys(np.asarray(d, np.int64), order, base, order) for d in documents if len(d)]
     if not grams:
-      raise ValueError("the quality reference corpus holds no tokens; give clean reference documents")
+      raise DataError("the quality reference corpus holds no tokens; give clean reference documents")
     top, top_counts = np.unique(np.concatenate(grams), return_counts=True)
     arrays = {"order": np.int64(order), "base": np.int64(base), "discount": np.float64(discount)}
     seen = top  # the distinct (k+1)-grams, from the top order down
@@ -172,7 +173,7 @@ def build_scorer(options: QualityOptions, tokenizer, out_dir: str) -> dict:
   if options.kenlm_model:
     _kenlm()  # fail now, in the parent, if the module is missing
     if not os.path.isfile(options.kenlm_model):
-      raise FileNotFoundError(f"--kenlm_model={options.kenlm_model} does not exist")
+      raise MissingFileError(f"--kenlm_model={options.kenlm_model} does not exist")
     return {"kind": "kenlm", "path": os.path.abspath(options.kenlm_model), "sha256": _file_sha(options.kenlm_model)}
   texts = reference_documents(options.reference, options.text_field)
   digest = hashlib.sha256(json.dumps([tokenizer.checksum, options.order, options.discount]).encode())
@@ -231,7 +232,7 @@ def read_scores(manifest: dict, split: str, name: str) -> np.ndarray:
   paths = [scores_path(os.path.join(manifest["root"], s["path"])) for s in entry["shards"]]
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
-    raise FileNotFoundError(f"{split}/{name} has no quality scores ({missing[0]}); prepare it with "
+    raise MissingFileError(f"{split}/{name} has no quality scores ({missing[0]}); prepare it with "
                             "--quality_reference or --kenlm_model")
   return np.concatenate([np.load(p) for p in paths]) if paths else np.zeros(0, np.float32)
 

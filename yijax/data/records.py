@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from yijax.errors import DataError, MissingFileError
+
 SHARD_SUFFIX = ".array_record"
 LENGTHS_SUFFIX = ".lengths.npy"
 # group_size:1 makes every record independently addressable (grain reads by index).
@@ -24,14 +26,14 @@ def encode_tokens(ids: Sequence[int] | np.ndarray) -> bytes:
   """Token ids -> little-endian uint32 bytes."""
   array = np.asarray(ids)
   if array.size and (array.min() < 0 or array.max() >= 2**32):
-    raise ValueError(f"token ids must be in [0, 2**32), got range [{array.min()}, {array.max()}]")
+    raise DataError(f"token ids must be in [0, 2**32), got range [{array.min()}, {array.max()}]")
   return array.astype(_DTYPE, copy=False).tobytes()
 
 
 def decode_tokens(data: bytes) -> np.ndarray:
   """Little-endian uint32 bytes -> int32 token ids (a fresh, writable array)."""
   if len(data) % 4:
-    raise ValueError(f"a token record must be a multiple of 4 bytes, got {len(data)}")
+    raise DataError(f"a token record must be a multiple of 4 bytes, got {len(data)}")
   return np.frombuffer(data, dtype=_DTYPE).astype(np.int32)
 
 
@@ -56,7 +58,7 @@ class ShardWriter:
 
   def __init__(self, path: str):
     if not path.endswith(SHARD_SUFFIX):
-      raise ValueError(f"shard path {path} must end with {SHARD_SUFFIX}")
+      raise DataError(f"shard path {path} must end with {SHARD_SUFFIX}")
     self.path = path
     self._tmp = path + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -107,7 +109,7 @@ def read_lengths(shard_path: str) -> np.ndarray:
   """The int32 token counts of a shard's records, from its sidecar."""
   path = lengths_path(shard_path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing (every shard needs its lengths sidecar); "
+    raise MissingFileError(f"{path} is missing (every shard needs its lengths sidecar); "
                             "rerun `yijax prepare` to rebuild the shard")
   return np.load(path).astype(np.int32, copy=False)
 

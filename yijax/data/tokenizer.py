@@ -16,6 +16,7 @@ import os
 from typing import Iterable, Sequence
 
 from yijax import paths
+from yijax.errors import DataError, MissingFileError
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
@@ -32,7 +33,7 @@ def resolve_model_path(path: str) -> str:
   """A `.model` file, or a directory holding tokenizer.model (local or gs://)."""
   candidate = paths.join(path, MODEL_FILE) if paths.isdir(path) else path
   if not paths.isfile(candidate):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no sentencepiece model at {path} (expected a .model file or a directory with {MODEL_FILE}); "
         "train one with `yijax tokenizer train --input=FILES --vocab_size=N --out=DIR`"
     )
@@ -56,7 +57,7 @@ class Tokenizer:
     loaded = (processor.LoadFromSerializedProto(paths.path(self.path).read_bytes()) if paths.is_url(self.path)
               else processor.Load(self.path))
     if not loaded:
-      raise ValueError(f"{self.path} is not a sentencepiece model")
+      raise DataError(f"{self.path} is not a sentencepiece model")
     self.processor = processor
     self.vocab_size = processor.GetPieceSize()
     self.bos_id = processor.bos_id()
@@ -118,7 +119,7 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
   """Trains a BPE model with Yi's settings on text files; writes DIR/tokenizer.model + meta."""
   missing = [p for p in inputs if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(f"tokenizer training input(s) not found: {missing}")
+    raise MissingFileError(f"tokenizer training input(s) not found: {missing}")
   os.makedirs(out_dir, exist_ok=True)
   model = io.BytesIO()
   if hasattr(_sp(), "set_random_generator_seed"):

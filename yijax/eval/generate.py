@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yijax import models
+from yijax.errors import ConfigError
 from yijax.models.config import ModelConfig
 
 MAX_STOP_IDS = 8
@@ -34,11 +35,11 @@ class Sampling:
 
   def validate(self) -> "Sampling":
     if self.temperature < 0:
-      raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+      raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
     if self.top_k < 0:
-      raise ValueError(f"--top_k must be >= 0, got {self.top_k}")
+      raise ConfigError(f"--top_k must be >= 0, got {self.top_k}")
     if not 0 < self.top_p <= 1:
-      raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
+      raise ConfigError(f"--top_p must be in (0, 1], got {self.top_p}")
     return self
 
 
@@ -121,11 +122,11 @@ class Generator:
     """New token ids per prompt (each ends at its first stop token, included)."""
     sampling.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
-      raise ValueError("every prompt needs at least one token")
+      raise ConfigError("every prompt needs at least one token")
     if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+      raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if len(stop_ids) > MAX_STOP_IDS:
-      raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
+      raise ConfigError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
     longest = max(len(p) for p in prompts)
     bucket = _bucket(longest)
     cache_len = _round_up(bucket + max_new_tokens, 128)

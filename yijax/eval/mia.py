@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from yijax.errors import DataError, MissingFileError
 from yijax.eval import scoring
 from yijax.models.config import ModelConfig
 
@@ -41,9 +42,9 @@ def min_k_score(log_probs: np.ndarray, k_percent: float) -> float:
   """Mean of the lowest k% of a sequence's token log-probabilities (at least one token)."""
   log_probs = np.sort(np.asarray(log_probs, np.float64))
   if not 0 < k_percent <= 100:
-    raise ValueError(f"k={k_percent} must be a percentage in (0, 100]")
+    raise DataError(f"k={k_percent} must be a percentage in (0, 100]")
   if log_probs.size == 0:
-    raise ValueError("a sequence with no scored tokens has no Min-K% score")
+    raise DataError("a sequence with no scored tokens has no Min-K% score")
   count = max(1, int(log_probs.size * k_percent / 100))
   return float(np.mean(log_probs[:count]))
 
@@ -52,7 +53,7 @@ def roc_points(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]
   """(fpr, tpr) of "member when score >= t" at every distinct score t, from (0, 0) to (1, 1)."""
   members, others = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
   if members.size == 0 or others.size == 0:
-    raise ValueError(f"need members and non-members; got {members.size} and {others.size}")
+    raise DataError(f"need members and non-members; got {members.size} and {others.size}")
   thresholds = np.unique(np.concatenate([members, others]))[::-1]
   tpr = np.searchsorted(np.sort(-members), -thresholds, side="right") / members.size
   fpr = np.searchsorted(np.sort(-others), -thresholds, side="right") / others.size
@@ -112,7 +113,7 @@ def score_chunks(config: ModelConfig, params: Any, chunks: Sequence[np.ndarray],
     part = list(chunks[first:first + batch_size])
     batch = chunked.pad_rows(part + [np.zeros(0, np.int32)] * (batch_size - len(part)), chunk_len)
     if batch["tokens"].max(initial=0) >= config.vocab_size:
-      raise ValueError(f"token ids reach {batch['tokens'].max()} but model.vocab_size={config.vocab_size}; "
+      raise DataError(f"token ids reach {batch['tokens'].max()} but model.vocab_size={config.vocab_size}; "
                        "was the text tokenized with another tokenizer?")
     log_probs, greedy, mask = jax.device_get(scorer(params, batch["tokens"], batch["positions"],
                                                     batch["segment_ids"]))
@@ -128,7 +129,7 @@ def score_chunks(config: ModelConfig, params: Any, chunks: Sequence[np.ndarray],
 def read_texts(path: str, field: str = "text") -> list[str]:
   """The `field` of every JSONL line of `path` (blank lines skipped)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist (a JSONL file with a {field!r} field per line)")
+    raise MissingFileError(f"{path} does not exist (a JSONL file with a {field!r} field per line)")
   texts = []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
@@ -136,7 +137,7 @@ def read_texts(path: str, field: str = "text") -> list[str]:
         continue
       record = json.loads(line)
       if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise ValueError(f"{path}:{number} has no string {field!r} field")
+        raise DataError(f"{path}:{number} has no string {field!r} field")
       texts.append(record[field])
   return texts
 
@@ -158,7 +159,7 @@ def membership_inference(config: ModelConfig, params, members: Sequence[np.ndarr
   """Min-K% metrics of members vs as many non-members (both truncated to the shorter list)."""
   count = min(len(members), len(nonmembers))
   if count == 0:
-    raise ValueError(f"membership inference needs chunks on both sides; got {len(members)} members and "
+    raise DataError(f"membership inference needs chunks on both sides; got {len(members)} members and "
                      f"{len(nonmembers)} non-members")
   member_scores = [lp for lp, _ in score_chunks(config, params, members[:count], chunk_len, batch_size)]
   other_scores = [lp for lp, _ in score_chunks(config, params, nonmembers[:count], chunk_len, batch_size)]
@@ -188,20 +189,20 @@ def run_mia(fv) -> int:
 
   for name in ("ckpt", "members", "nonmembers"):
     if not getattr(fv, name):
-      raise ValueError(f"--{name} is required: yijax eval mia --ckpt=DIR --tokenizer=PATH --members=FILE "
+      raise DataError(f"--{name} is required: yijax eval mia --ckpt=DIR --tokenizer=PATH --members=FILE "
                        "--nonmembers=FILE")
   try:
     ks = [float(k) for k in fv.k]
   except ValueError:
-    raise ValueError(f"--k={','.join(fv.k)} must be numbers, e.g. --k=30,40,50,60,100") from None
+    raise DataError(f"--k={','.join(fv.k)} must be numbers, e.g. --k=30,40,50,60,100") from None
   location = params_io.locate_model(fv.ckpt)
   tokenizer_path = fv.tokenizer or location.tokenizer
   if not tokenizer_path:
-    raise ValueError(f"{fv.ckpt} holds no tokenizer.model; pass --tokenizer=PATH")
+    raise DataError(f"{fv.ckpt} holds no tokenizer.model; pass --tokenizer=PATH")
   config, params = params_io.load_model(fv.ckpt)
   chunk_len = fv.chunk_len or min(4096, config.max_seq_len)
   if chunk_len > config.max_seq_len:
-    raise ValueError(f"--chunk_len={chunk_len} exceeds the model's max_seq_len={config.max_seq_len}")
+    raise DataError(f"--chunk_len={chunk_len} exceeds the model's max_seq_len={config.max_seq_len}")
   tokenizer = Tokenizer(tokenizer_path)
   members = text_chunks(read_texts(fv.members), tokenizer, chunk_len, fv.add_bos)
   nonmembers = text_chunks(read_texts(fv.nonmembers), tokenizer, chunk_len, fv.add_bos)

@@ -40,13 +40,14 @@ import numpy as np
 
 from yijax.eval import scoring
 from yijax.models.config import ModelConfig
+from yijax.errors import DataError, MissingFileError
 
 MIN_BUCKET = 16
 
 trace_counts: collections.Counter = collections.Counter()
 
 
-class TaskFileError(ValueError):
+class TaskFileError(DataError):
   """A multiple-choice JSONL line that cannot be used; names the file and line."""
 
 
@@ -91,7 +92,7 @@ def load_tasks(path: str) -> list[dict]:
   Blank lines are skipped; a bad line is an error naming `path:line`.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"multiple-choice task file {path} does not exist")
+    raise MissingFileError(f"multiple-choice task file {path} does not exist")
   examples = []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
@@ -156,10 +157,10 @@ def build_requests(tokenizer, examples: Sequence[dict], add_bos: bool, delimiter
       context_enc, continuation_enc = encode_request(
           tokenizer, example["context"], delimiter + choice, add_bos)
       if not continuation_enc:
-        raise ValueError(f"example {index} (id {example.get('id', index)!r}) choice {choice_index} "
+        raise DataError(f"example {index} (id {example.get('id', index)!r}) choice {choice_index} "
                          f"{choice!r} tokenizes to nothing after the context; give it text")
       if len(continuation_enc) > max_len:
-        raise ValueError(f"example {index} choice {choice_index} is {len(continuation_enc)} tokens, longer "
+        raise DataError(f"example {index} choice {choice_index} is {len(continuation_enc)} tokens, longer "
                          f"than max_len={max_len}; raise max_len (at most model.max_seq_len)")
       window = (context_enc + continuation_enc)[-(max_len + 1):]
       truncated = len(context_enc) + len(continuation_enc) > max_len + 1
@@ -207,12 +208,12 @@ def score_multiple_choice(config: ModelConfig, params: Any, tokenizer, examples:
   log-likelihood) are also written as JSONL to `records_path` when given.
   """
   if not examples:
-    raise ValueError("no examples to score")
+    raise DataError("no examples to score")
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
   max_len = config.max_seq_len if max_len is None else max_len
   if not 1 <= max_len <= config.max_seq_len:
-    raise ValueError(f"max_len={max_len} must be in [1, model.max_seq_len={config.max_seq_len}]")
+    raise DataError(f"max_len={max_len} must be in [1, model.max_seq_len={config.max_seq_len}]")
   tokenizer.check_fits(config.vocab_size)
   requests = build_requests(tokenizer, examples, add_bos, target_delimiter, max_len)
   traces_before = trace_counts["multiple_choice"]

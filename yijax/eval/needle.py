@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from yijax.errors import ConfigError, MissingFileError
+
 RESULTS_FILE = "needle.jsonl"
 HEATMAP_FILE = "needle.png"
 DEFAULT_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -64,11 +66,11 @@ class NeedleTask:
 
   def validate(self) -> "NeedleTask":
     if not self.needle.strip():
-      raise ValueError("--needle is empty; give the sentence to hide in the haystack")
+      raise ConfigError("--needle is empty; give the sentence to hide in the haystack")
     if not answer_words(self.answer):
-      raise ValueError(f"--answer={self.answer!r} has no words to score; give the words the output must contain")
+      raise ConfigError(f"--answer={self.answer!r} has no words to score; give the words the output must contain")
     if self.template.count("{context}") != 1:
-      raise ValueError(f"--template={self.template!r} must contain {{context}} exactly once (where the haystack "
+      raise ConfigError(f"--template={self.template!r} must contain {{context}} exactly once (where the haystack "
                        "goes), e.g. '{context}\\n{question}'")
     return self
 
@@ -97,9 +99,9 @@ def score_output(output: str, answer: str) -> float:
 def context_lengths(min_length: int, max_length: int, num_lengths: int) -> list[int]:
   """`num_lengths` lengths evenly spaced over [min_length, max_length], rounded, duplicates dropped."""
   if num_lengths < 1:
-    raise ValueError(f"--num_lengths={num_lengths} must be >= 1")
+    raise ConfigError(f"--num_lengths={num_lengths} must be >= 1")
   if not 0 < min_length <= max_length:
-    raise ValueError(f"--min_length={min_length} must be positive and at most --max_length={max_length}; "
+    raise ConfigError(f"--min_length={min_length} must be positive and at most --max_length={max_length}; "
                      "lower --min_length or raise --max_length")
   return sorted({int(x) for x in np.round(np.linspace(min_length, max_length, num_lengths))})
 
@@ -108,7 +110,7 @@ def needle_depths(num_depths: int) -> list[float]:
   """`num_depths` depths in percent, evenly spaced over [0, 100] with both ends, rounded to integers as
   in the original (a single depth is 100%: the needle right before the question)."""
   if num_depths < 1:
-    raise ValueError(f"--num_depths={num_depths} must be >= 1")
+    raise ConfigError(f"--num_depths={num_depths} must be >= 1")
   if num_depths == 1:
     return [100.0]
   return sorted({float(x) for x in np.round(np.linspace(0, 100, num_depths))})
@@ -140,7 +142,7 @@ class Haystack:
 
   def __init__(self, tokenizer, text: str):
     if not text.strip():
-      raise ValueError("the haystack text is empty; give --haystack=FILE with some text in it")
+      raise ConfigError("the haystack text is empty; give --haystack=FILE with some text in it")
     self.tokenizer = tokenizer
     self.unit = np.asarray(tokenizer.encode(text.rstrip("\n") + "\n\n"), np.int32)
     self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -195,7 +197,7 @@ class PromptBuilder:
   def build(self, haystack: Haystack, prompt_tokens: int, depth: float) -> Prompt:
     count = prompt_tokens - self.fixed_tokens
     if count < 1:
-      raise ValueError(f"a prompt of {prompt_tokens} tokens leaves no room for the haystack: the template, "
+      raise ConfigError(f"a prompt of {prompt_tokens} tokens leaves no room for the haystack: the template, "
                        f"needle and question take {self.fixed_tokens}; raise --min_length (or shorten "
                        "--needle / --question / --template, or lower --max_new_tokens)")
     hay = haystack.tokens(count).tolist()
@@ -225,7 +227,7 @@ def read_results(path: str, settings: str | None = None) -> dict[tuple[int, floa
       except json.JSONDecodeError:
         continue
       if settings is not None and record.get("settings") != settings:
-        raise ValueError(f"{path} holds needle results made with other settings (needle, question, answer, "
+        raise ConfigError(f"{path} holds needle results made with other settings (needle, question, answer, "
                          "template, haystack, tokenizer, max_new_tokens, add_bos or model differ); use a new --out")
       found[int(record["length"]), float(record["depth"])] = record
   return found
@@ -278,9 +280,9 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
   from yijax.eval.generate import Generator
 
   if max_new_tokens < 1:
-    raise ValueError(f"--max_new_tokens={max_new_tokens} must be >= 1")
+    raise ConfigError(f"--max_new_tokens={max_new_tokens} must be >= 1")
   if batch_size < 1:
-    raise ValueError(f"--batch_size={batch_size} must be >= 1")
+    raise ConfigError(f"--batch_size={batch_size} must be >= 1")
   if not isinstance(haystack, Haystack):
     text = haystack if haystack is not None else default_haystack_text(8 * max(lengths, default=0))
     haystack = Haystack(tokenizer, text)
@@ -290,7 +292,7 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
   grid = [(int(length), float(depth)) for length in lengths for depth in depths]
   pending = [cell for cell in grid if cell not in done]
   if pending and min(lengths) - max_new_tokens - builder.fixed_tokens < 1:
-    raise ValueError(f"--min_length={min(lengths)} leaves no room for the haystack: the template, needle and "
+    raise ConfigError(f"--min_length={min(lengths)} leaves no room for the haystack: the template, needle and "
                      f"question take {builder.fixed_tokens} tokens and the answer --max_new_tokens="
                      f"{max_new_tokens}; use --min_length >= {builder.fixed_tokens + max_new_tokens + 1}")
   if generator is not None and params is not None:
@@ -370,7 +372,7 @@ def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int 
   depths = needle_depths(num_depths)
   if haystack_path is not None:
     if not os.path.isfile(haystack_path):
-      raise FileNotFoundError(f"--haystack={haystack_path}: no such file; give a text file (or leave --haystack "
+      raise MissingFileError(f"--haystack={haystack_path}: no such file; give a text file (or leave --haystack "
                               "out for the embedded corpus's held-out documents)")
     with open(haystack_path, encoding="utf-8", errors="replace") as f:
       text = f.read()

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yijax.errors import DataError
 from yijax.eval import scoring
 from yijax.models.config import ModelConfig
 
@@ -65,7 +66,7 @@ def _batch_arrays(batch: Mapping[str, Any], index: int) -> tuple[np.ndarray, np.
                    "'tokens', 'segment_ids' and 'positions' [batch, length] int32 arrays")
   tokens = np.asarray(batch["tokens"], np.int32)
   if tokens.ndim != 2:
-    raise ValueError(f"batch {index}: 'tokens' must be [batch, length], got shape {tokens.shape}")
+    raise DataError(f"batch {index}: 'tokens' must be [batch, length], got shape {tokens.shape}")
   segment_ids = np.asarray(batch.get("segment_ids", np.ones_like(tokens)), np.int32)
   if "positions" in batch:
     positions = np.asarray(batch["positions"], np.int32)
@@ -73,7 +74,7 @@ def _batch_arrays(batch: Mapping[str, Any], index: int) -> tuple[np.ndarray, np.
     positions = positions_from_segments(segment_ids).astype(np.int32)
   for name, array in (("segment_ids", segment_ids), ("positions", positions)):
     if array.shape != tokens.shape:
-      raise ValueError(f"batch {index}: '{name}' has shape {array.shape} but 'tokens' has {tokens.shape}")
+      raise DataError(f"batch {index}: '{name}' has shape {array.shape} but 'tokens' has {tokens.shape}")
   return tokens, positions, segment_ids
 
 
@@ -90,7 +91,7 @@ def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapp
   if bytes_per_token is not None:
     bytes_per_token = np.asarray(bytes_per_token, np.int32)
     if bytes_per_token.ndim != 1 or bytes_per_token.shape[0] < config.vocab_size:
-      raise ValueError(
+      raise DataError(
           f"bytes_per_token has shape {bytes_per_token.shape} but model.vocab_size={config.vocab_size}; "
           "build it with token_byte_lengths(tokenizer) of the model's tokenizer"
       )
@@ -104,7 +105,7 @@ def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapp
       break
     tokens, positions, segment_ids = _batch_arrays(batch, index)
     if tokens.max(initial=0) >= config.vocab_size or tokens.min(initial=0) < 0:
-      raise ValueError(f"batch {index} has token ids outside [0, model.vocab_size={config.vocab_size}); "
+      raise DataError(f"batch {index} has token ids outside [0, model.vocab_size={config.vocab_size}); "
                        "was the data prepared with a different tokenizer?")
     sums = jax.device_get(scorer(params, tokens, positions, segment_ids, byte_table))
     total_nll += float(sums["nll"])
@@ -112,7 +113,7 @@ def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapp
     total_bytes += int(sums["bytes"])
     count += 1
   if total_tokens == 0:
-    raise ValueError(f"no scored tokens in {count} batch(es): every row is padding or one-token documents")
+    raise DataError(f"no scored tokens in {count} batch(es): every row is padding or one-token documents")
   loss = total_nll / total_tokens
   result = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens, "batches": count}
   if bytes_per_token is not None:

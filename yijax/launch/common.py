@@ -16,8 +16,10 @@ import shlex
 import subprocess
 import sys
 
+from yijax.errors import YijaxError
 
-class LaunchError(ValueError):
+
+class LaunchError(YijaxError, ValueError):
   """A launch that cannot go on: the message names the command or flag and the fix."""
 
 

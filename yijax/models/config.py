@@ -12,6 +12,8 @@ import difflib
 import json
 from typing import Any, Mapping
 
+from yijax.errors import ConfigError  # noqa: F401 - re-exported: models.config.ConfigError
+
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "blockwise")
 CONTEXT_PARALLEL = ("auto", "ring", "allgather", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_qkv_out", "offload")
@@ -23,9 +25,6 @@ MOE_IMPLS = GROUPED_MATMUL_IMPLS + ("capacity", "dense")
 AUX_LOSS_TYPES = ("batch", "sequence")
 DTYPES = ("float32", "bfloat16", "float16")
 
-
-class ConfigError(ValueError):
-  """A configuration that cannot work; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ import shutil
 
 import numpy as np
 
+from yijax.errors import ConfigError
+
 PREPARED = "prepared"
 HAYSTACK = "haystack.txt"
 KEYS = ("71432", "28195", "50376", "64819", "93057", "15284", "37960", "82641")
@@ -184,7 +186,7 @@ def prepare_paths(args, stage_dir: str, context) -> dict:
 
   sources = dict(args.sources)
   if not sources or not args.tokenizer:
-    raise ValueError("stages.data.args needs tokenizer and sources; set --config.paths.tokenizer=PATH and "
+    raise ConfigError("stages.data.args needs tokenizer and sources; set --config.paths.tokenizer=PATH and "
                      "--config.paths.sources.<name>=GLOB")
   out = os.path.join(stage_dir, PREPARED)
   manifest = prepare.prepare([prepare.parse_source(f"{name}={path}") for name, path in sources.items()],

@@ -41,6 +41,7 @@ from typing import Any
 import ml_collections
 
 from yijax.models.config import ConfigError
+from yijax.errors import YijaxError
 
 DONE = "DONE.json"
 LOG = "log.txt"
@@ -49,7 +50,7 @@ RUN = "run.json"
 PUBLISHED = ("results.json", "report.md", RUN)
 
 
-class StageFailed(RuntimeError):
+class StageFailed(YijaxError, RuntimeError):
   """A stage raised; the message names the stage and its log."""
 
 

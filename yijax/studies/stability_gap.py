@@ -19,6 +19,7 @@ import random
 import numpy as np
 
 from yijax.data import synthetic_worlds as worlds_lib
+from yijax.errors import ConfigError
 
 PREPARED = "prepared"
 TASKS = "tasks"
@@ -146,7 +147,7 @@ def prepare_paths(args, stage_dir: str, context) -> dict:
   missing = [k for k in ("tokenizer", "domain", "quality_reference", "web", "general", "validation_domain",
                          "validation_web", "validation_general") if not paths.get(k)]
   if missing:
-    raise ValueError(f"stages.data.args.paths lacks {missing}; set --config.paths.<name>=PATH for each")
+    raise ConfigError(f"stages.data.args.paths lacks {missing}; set --config.paths.<name>=PATH for each")
   out = os.path.join(stage_dir, PREPARED)
   split_of = {"validation_domain": ("validation", "domain"), "validation_web": ("validation", "web"),
               "validation_general": ("validation", "general")}

@@ -7,6 +7,8 @@ Items of a step:
   data/          the grain iterator state, one JSON file per process
   config/        JSON: the whole resolved run config
   model_config/  model_config.json
+  checksums/     checksums.json: a checksum of every params and opt_state array (integrity.py),
+                 verified after every restore, so corrupted weights are refused, naming the parameter
 
 orbax writes each step into a temporary directory and renames it when every
 item is committed (on GCS, which cannot rename, it writes the step in place and
@@ -30,10 +32,11 @@ import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
 from yijax import paths
-from yijax.train import params_io
+from yijax.train import integrity, params_io
+from yijax.errors import CheckpointMismatchError
 from yijax.train.params_io import MODEL_CONFIG, CheckpointError
 
-ITEMS = ("params", "opt_state", "meta", "data", "config", "model_config")
+ITEMS = ("params", "opt_state", "meta", "data", "config", "model_config", "checksums")
 
 # which config field sets the size of a dimension with this logical name
 AXIS_FIELDS = {
@@ -59,7 +62,10 @@ class _StateHolder:
   state: Any = None
 
   def set_state(self, state):
-    self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+    try:
+      self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"the data-iterator state is not valid JSON ({e})") from None
 
   def start_prefetch(self):
     pass
@@ -75,6 +81,7 @@ def _handlers() -> dict:
       "data": grain.checkpoint.CheckpointHandler(),
       "config": ocp.JsonCheckpointHandler(filename="config.json"),
       "model_config": ocp.JsonCheckpointHandler(filename=MODEL_CONFIG),
+      "checksums": ocp.JsonCheckpointHandler(filename=integrity.FILE),
   }
 
 
@@ -144,20 +151,57 @@ class RunCheckpointer:
         data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_state)),
         config=ocp.args.JsonSave(config),
         model_config=ocp.args.JsonSave(model_config.to_dict()),
+        checksums=ocp.args.JsonSave({"params": integrity.checksums(params),
+                                     "opt_state": integrity.checksums(opt_state)}),
     )
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, step: int, abstract_params, abstract_opt_state, logical_specs=None):
-    """(params, opt_state, meta, data_state) of `step`, placed as the abstract trees say."""
-    check_shapes(paths.join(self.directory, str(step), "params"), abstract_params, logical_specs)
+    """(params, opt_state, meta, data_state) of `step`, placed as the abstract trees say, every array
+    checked against the checksums saved with it. Raises CheckpointError naming the step and what is
+    damaged (a file that cannot be read, JSON that does not parse, an array whose checksum differs)."""
+    step_dir = paths.join(self.directory, str(step))
+    check_shapes(paths.join(step_dir, "params"), abstract_params, logical_specs)
     holder = _StateHolder()
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore(),
-        data=_grain_restore(holder),
-    ))
+    expected = integrity.read(paths.join(step_dir, "checksums", integrity.FILE))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params),
+          opt_state=ocp.args.StandardRestore(abstract_opt_state),
+          meta=ocp.args.JsonRestore(),
+          data=_grain_restore(holder),
+      ))
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any failure to read a stored item means the step is damaged
+      raise CheckpointError(f"checkpoint {step_dir} cannot be read: {_first_line(e)}") from e
+    if expected is None:
+      print(f"checkpoint {step_dir} has no checksums (written by an older yijax): not verified", flush=True)
+    else:
+      integrity.verify(restored["params"], expected["params"], f"checkpoint {step_dir}", "params")
+      integrity.verify(restored["opt_state"], expected["opt_state"], f"checkpoint {step_dir}", "opt_state")
     return restored["params"], restored["opt_state"], restored["meta"], holder.state
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves a damaged step out of checkpoints/ into WORKDIR/damaged_checkpoints/ (never deleted), so
+    neither resume nor the keep policy touches it again; returns where it went."""
+    import time
+
+    source = paths.join(self.directory, str(step))
+    target_root = paths.join(paths.parent(self.directory), "damaged_checkpoints")
+    target = paths.join(target_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+      paths.makedirs(target_root)
+      paths.rename(source, target)
+      paths.write_text(paths.join(target, "DAMAGED.txt"), reason + "\n")
+    from yijax import sharding
+
+    sharding.barrier("yijax_set_aside_checkpoint")
+    self.manager.reload()
+    return target
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -168,6 +212,11 @@ class RunCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"[:400]
 
 
 def _grain_restore(holder: _StateHolder):
@@ -187,7 +236,10 @@ def read_data_state(path: str, process_index: int = 0, process_count: int = 1) -
         f"{path} holds no data-iterator state for process {process_index} of {process_count} (expected "
         f"{state_file}); train.init_data_state_from needs a run dir or checkpoint step dir written by the "
         "same number of processes, or a `yijax surgery` output made from one")
-  return json.loads(paths.read_text(state_file))
+  try:
+    return json.loads(paths.read_text(state_file))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{state_file} is not valid JSON ({e}); the checkpoint is damaged") from None
 
 
 def _flat(tree, is_leaf=None) -> dict[str, Any]:
@@ -203,7 +255,7 @@ def check_shapes(params_dir: str, abstract_params, logical_specs=None) -> None:
   missing = sorted(set(wanted) - set(stored))
   extra = sorted(set(stored) - set(wanted))
   if missing or extra:
-    raise CheckpointError(
+    raise CheckpointMismatchError(
         f"checkpoint {params_dir} does not match the model: missing {missing[:4]}, unexpected {extra[:4]} "
         "(was it written with another model config?)"
     )
@@ -212,7 +264,7 @@ def check_shapes(params_dir: str, abstract_params, logical_specs=None) -> None:
     if have != tuple(leaf.shape):
       names = tuple(specs.get(name, ()))
       fields = sorted({AXIS_FIELDS.get(n, "?") for n, a, b in zip(names, have, leaf.shape) if a != b and n})
-      raise CheckpointError(
+      raise CheckpointMismatchError(
           f"checkpoint parameter {name} has shape {have} but the config gives {tuple(leaf.shape)}"
           + (f"; check {', '.join(fields)}" if fields else "")
       )

@@ -28,11 +28,12 @@ from yijax.models.config import ConfigError
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
 from yijax.train import layerwise, validation
+from yijax.errors import CheckpointMismatchError, YijaxError
 
 Evaluator = Callable[[Any, int], dict]
 
 
-class TrainingHalted(RuntimeError):
+class TrainingHalted(YijaxError, RuntimeError):
   """Too many non-finite steps in a row; the last good checkpoint is intact."""
 
 
@@ -57,6 +58,32 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
+
+
+def _restore_newest_good(checkpointer, abstract, shardings, logical, iterator):
+  """(step, state, meta) of the newest checkpoint that reads and verifies, or None when there is none.
+  A damaged newest step is set aside (WORKDIR/damaged_checkpoints/, never deleted) with one line saying
+  which and why, and the next older one is tried."""
+  from yijax.data import pipeline
+
+  target = lambda tree, shard: jax.tree.map(  # noqa: E731
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      params, opt_state, saved_meta, data_state = checkpointer.restore(
+          step, target(abstract.params, shardings.params),
+          target((abstract.opt_state, abstract.step, abstract.rng),
+                 (shardings.opt_state, shardings.step, shardings.rng)), logical)
+    except CheckpointMismatchError:
+      raise  # a checkpoint of another model config: a config error, not damage
+    except params_io.CheckpointError as e:
+      where = checkpointer.set_aside(step, str(e))
+      print(f"skipping damaged checkpoint step {step}: {e} (moved to {where})", flush=True)
+      continue
+    pipeline.restore_iterator(iterator, data_state)
+    opt_state, step_count, rng = opt_state
+    return step, step_lib.TrainState(step_count, params, opt_state, rng), saved_meta
+  return None
 
 
 def _batch_to_device(batch: dict, data_sharding) -> dict:
@@ -90,18 +117,10 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   make_iterator = chunked.train_iterator if chunked.enabled(config.data) else pipeline.train_iterator
   iterator = make_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
 
-  resume_step = checkpointer.latest_step()
-  meta = {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
-  if resume_step is not None:
-    target = lambda tree, shard: jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)
-    params, opt_state, saved_meta, data_state = checkpointer.restore(
-        resume_step, target(abstract.params, shardings.params),
-        target((abstract.opt_state, abstract.step, abstract.rng),
-               (shardings.opt_state, shardings.step, shardings.rng)), logical)
-    opt_state, step_count, rng = opt_state
-    state = step_lib.TrainState(step_count, params, opt_state, rng)
-    pipeline.restore_iterator(iterator, data_state)
+  resume_step, meta = None, {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
+  resumed = _restore_newest_good(checkpointer, abstract, shardings, logical, iterator)
+  if resumed is not None:
+    resume_step, state, saved_meta = resumed
     meta.update(saved_meta)
     print(f"resumed {workdir} at step {resume_step} ({meta['tokens_seen']:,} tokens seen)", flush=True)
   else:

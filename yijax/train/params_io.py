@@ -3,6 +3,11 @@
   DIR/model_config.json   ModelConfig as JSON
   DIR/params/             orbax checkpoint of the parameter pytree
   DIR/tokenizer.model     optional sentencepiece model that goes with it
+  DIR/checksums.json      a checksum of every parameter array (integrity.py), verified on load
+
+`load_model` refuses parameters whose checksum differs from the one written at save (naming the
+parameter); given a run directory, it takes the newest checkpoint that reads and verifies and says
+which older one it used when the newest is damaged.
 
 `yijax convert` writes this layout, and every training checkpoint step holds
 the same two entries, so `load_model` reads either (or a run directory, whose
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Any
 
 import jax
@@ -23,14 +29,12 @@ import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
 from yijax import paths
+from yijax.errors import CheckpointError  # noqa: F401 - re-exported
 
 MODEL_CONFIG = "model_config.json"
 PARAMS = "params"
 TOKENIZER = "tokenizer.model"
 
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read or does not match; the message says which and why."""
 
 
 def save_model(directory: str, params: Any, config: ModelConfig) -> None:
@@ -40,6 +44,9 @@ def save_model(directory: str, params: Any, config: ModelConfig) -> None:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(paths.path(paths.join(directory, PARAMS)), params)
   checkpointer.wait_until_finished()
+  from yijax.train import integrity
+
+  paths.write_text(paths.join(directory, integrity.FILE), json.dumps({"params": integrity.checksums(params)}, indent=1))
   paths.write_text(paths.join(directory, MODEL_CONFIG), config.to_json())
 
 
@@ -50,6 +57,7 @@ class ModelLocation:
   params_dir: str
   config_file: str
   tokenizer: str | None = None
+  checksums: str | None = None  # checksums.json ({"params": {...}}; a checkpoint step's checksums item)
 
 
 def locate_model(path: str) -> ModelLocation:
@@ -62,7 +70,8 @@ def locate_model(path: str) -> ModelLocation:
     if paths.exists(config_file) and paths.isdir(params_dir):
       run_tokenizer = paths.join(paths.parent(paths.parent(path)), TOKENIZER)
       found = tokenizer if paths.exists(tokenizer) else run_tokenizer if paths.exists(run_tokenizer) else None
-      return ModelLocation(params_dir, config_file, found)
+      sums = [paths.join(path, "checksums.json"), paths.join(path, "checksums", "checksums.json")]
+      return ModelLocation(params_dir, config_file, found, next((f for f in sums if paths.exists(f)), None))
   checkpoints = paths.join(path, "checkpoints")
   if paths.isdir(checkpoints):
     from yijax.train import checkpoint as run_checkpoint
@@ -83,40 +92,94 @@ def resolve_model_dir(path: str) -> str:
 
 
 def read_model_config(path: str) -> ModelConfig:
-  return ModelConfig.from_json(paths.read_text(locate_model(path).config_file))
+  config_file = locate_model(path).config_file
+  text = paths.read_text(config_file)
+  try:
+    return ModelConfig.from_json(text)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{config_file} is not valid JSON ({e}); the model directory is damaged") from None
 
 
 def load_model(path: str, dtype: str | None = None, shardings: Any = None,
                as_numpy: bool = False) -> tuple[ModelConfig, Any]:
-  """(config, params) from a model directory.
+  """(config, params) from a model directory, a checkpoint step or a run directory.
 
   dtype: cast every parameter (default: the config's param_dtype).
   shardings: a pytree of jax.sharding.Sharding to restore onto (default:
   one device). as_numpy: host numpy arrays in their stored dtype (for export).
+  Every parameter is checked against its saved checksum. A run directory whose newest checkpoint is
+  damaged falls back to the newest one that verifies, saying so in one line.
   """
+  steps = _run_steps(path)
+  if not steps:
+    return _load_verified(path, dtype, shardings, as_numpy)
+  errors = []
+  for step_dir in reversed(steps):
+    try:
+      loaded = _load_verified(step_dir, dtype, shardings, as_numpy)
+    except CheckpointError as e:
+      errors.append(str(e))
+      print(f"yijax: skipping damaged checkpoint step {paths.basename(step_dir)}: {e}", file=sys.stderr, flush=True)
+      continue
+    if errors:
+      print(f"yijax: using checkpoint step {paths.basename(step_dir)} of {path} (the newer ones are damaged)",
+            file=sys.stderr, flush=True)
+    return loaded
+  raise CheckpointError(f"{path}: no checkpoint reads and verifies; the newest: {errors[0]}")
+
+
+def _run_steps(path: str) -> list[str]:
+  """The complete checkpoint step dirs of a run directory, oldest first ([] for any other path)."""
+  resolved = paths.resolve(path, "model path")
+  if paths.exists(paths.join(resolved, PARAMS)) or not paths.isdir(paths.join(resolved, "checkpoints")):
+    return []
+  from yijax.train import checkpoint as run_checkpoint
+
+  checkpoints = paths.join(resolved, "checkpoints")
+  return [paths.join(checkpoints, str(s)) for s in run_checkpoint.complete_steps(checkpoints)]
+
+
+def _load_verified(path: str, dtype: str | None, shardings: Any, as_numpy: bool) -> tuple[ModelConfig, Any]:
+  from yijax.train import integrity
+
   location = locate_model(path)
   config = read_model_config(path)
   params_dir = location.params_dir
-  checkpointer = ocp.PyTreeCheckpointer()
   metadata = tree_metadata(params_dir)
+  try:
+    if as_numpy:
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+      params = ocp.PyTreeCheckpointer().restore(params_dir, restore_args=restore_args)
+    else:
+      if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, metadata)
+      # restored in the stored dtype, verified, then cast
+      target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=s), metadata,
+                            shardings)
+      params = ocp.StandardCheckpointer().restore(params_dir, target)
+  except Exception as e:  # noqa: BLE001 - any failure to read stored arrays means the directory is damaged
+    text = str(e).strip().splitlines()
+    raise CheckpointError(f"{params_dir} cannot be read: {type(e).__name__}: {text[0] if text else ''}"[:500]) from e
+  expected = integrity.read(location.checksums) if location.checksums else None
+  if expected is not None:
+    integrity.verify(params, expected["params"], paths.parent(params_dir), "parameter")
   if as_numpy:
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-    return config, checkpointer.restore(params_dir, restore_args=restore_args)
+    return config, params
   target_dtype = jnp.dtype(dtype or config.param_dtype)
-  if shardings is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, metadata)
-  target = jax.tree.map(
-      lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), target_dtype, sharding=s), metadata, shardings
-  )
-  return config, ocp.StandardCheckpointer().restore(params_dir, target)
+  return config, jax.tree.map(lambda x: x if x.dtype == target_dtype else x.astype(target_dtype), params)
 
 
 def tree_metadata(params_dir: str) -> Any:
   """The parameter tree of a params checkpoint, with ArrayMetadata (shape, dtype) leaves."""
   from etils import epath
 
-  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+  try:
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+  except Exception as e:  # noqa: BLE001 - unreadable or corrupt _METADATA / manifest
+    text = str(e).strip().splitlines()
+    raise CheckpointError(f"{params_dir}: its metadata cannot be read ({type(e).__name__}: "
+                          f"{text[0] if text else ''}); the checkpoint is damaged"[:500]) from e
   tree = getattr(meta, "tree", meta)
   return jax.tree.map(lambda m: m, tree, is_leaf=lambda m: hasattr(m, "shape"))
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from yijax.errors import DataError
 from yijax.eval import mia
 from yijax.models.config import ModelConfig
 
@@ -22,7 +23,7 @@ def sequence_metrics(scored: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[st
   """{"perplexity", "loss", "accuracy", "sequences", "tokens"} of (log_probs, correct) per sequence."""
   scored = [(lp, ok) for lp, ok in scored if len(lp)]
   if not scored:
-    raise ValueError("no sequence with a scored token")
+    raise DataError("no sequence with a scored token")
   loss = float(np.mean([-np.mean(lp) for lp, _ in scored]))
   tokens = int(sum(len(lp) for lp, _ in scored))
   correct = int(sum(int(np.sum(ok)) for _, ok in scored))

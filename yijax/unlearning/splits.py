@@ -26,6 +26,7 @@ import os
 from typing import Mapping
 
 from yijax.data import corpus
+from yijax.errors import DataError
 
 CODE_SETS = ("forget", "approximate", "retain", "retain_eval", "other_code")
 PROSE_SETS = ("general_eval", "general_retain", "other_prose")
@@ -50,7 +51,7 @@ def _deal(docs: list[tuple[str, str]], budgets: Mapping[str, int], source: str) 
     out[name], size = [], 0
     while size < budget:
       if index >= len(docs):
-        raise ValueError(f"the embedded {source} documents run out while filling {name!r} "
+        raise DataError(f"the embedded {source} documents run out while filling {name!r} "
                          f"({size} of {budget} bytes); lower the byte budgets")
       out[name].append(docs[index])
       size += len(docs[index][1].encode("utf-8"))
@@ -64,7 +65,7 @@ def embedded_sets(budgets: Mapping[str, int], code_doc_bytes=(1000, 20000),
   budgets[set] bytes with documents whose size lies in the given (min, max) bytes."""
   missing = [name for name in CODE_SETS + PROSE_SETS if name not in budgets]
   if missing:
-    raise ValueError(f"byte budgets are missing for {missing}")
+    raise DataError(f"byte budgets are missing for {missing}")
   code = _deal(_ordered("python_code", *code_doc_bytes), {n: budgets[n] for n in CODE_SETS}, "python_code")
   prose = _deal(_ordered("python_docs", *prose_doc_bytes), {n: budgets[n] for n in PROSE_SETS}, "python_docs")
   sets = {**code, **prose}

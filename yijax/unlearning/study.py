@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from yijax.data import chunked
+from yijax.errors import DataError, MissingFileError
 from yijax.unlearning import splits
 
 PREPARED = "prepared"
@@ -54,12 +55,12 @@ def prepare_data(args, stage_dir: str, context) -> dict:
     paths = dict(args.paths)
     missing = [name for name, path in paths.items() if not os.path.isfile(path)]
     if missing:
-      raise FileNotFoundError(f"unlearning sets {missing} not found at {[paths[m] for m in missing]}; set "
+      raise MissingFileError(f"unlearning sets {missing} not found at {[paths[m] for m in missing]}; set "
                               "stages.data.args.paths.<set> to JSONL files with a `text` field")
   else:
-    raise ValueError(f"stages.data.args.kind={args.kind!r}: choose 'embedded' or 'paths'")
+    raise DataError(f"stages.data.args.kind={args.kind!r}: choose 'embedded' or 'paths'")
   if "pretrain" not in paths and not args.get("tokenizer"):
-    raise ValueError("stages.data.args.tokenizer is required with kind='paths' (the model's tokenizer.model)")
+    raise DataError("stages.data.args.tokenizer is required with kind='paths' (the model's tokenizer.model)")
   tokenizer = _tokenizer(args, stage_dir, paths.get("pretrain", ""))
   specs = [prepare.SourceSpec(name, "train", (path,), "text", "jsonl") for name, path in sorted(paths.items())]
   out = os.path.join(stage_dir, PREPARED)
@@ -75,7 +76,7 @@ def prepare_data(args, stage_dir: str, context) -> dict:
   for name, needed in dict(args.get("required_chunks", {})).items():
     have = summary["sets"][name]["chunks"]
     if have < needed:
-      raise ValueError(f"set {name!r} has {have} chunks of {args.chunk_len} tokens but the study needs {needed}; "
+      raise DataError(f"set {name!r} has {have} chunks of {args.chunk_len} tokens but the study needs {needed}; "
                        "raise its byte budget (stages.data.args.budgets) or lower the chunk counts")
   print(json.dumps(summary["sets"], indent=1), flush=True)
   return summary

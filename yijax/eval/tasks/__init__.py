@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from yijax.errors import ConfigError
 from yijax.eval.tasks import corpus_tasks, synthetic
 from yijax.eval.tasks.base import Task
 from yijax.eval.tasks.pretraining import pretraining_sources, with_shares
@@ -61,7 +62,7 @@ def check_options(options: dict, extra=()) -> None:
   """An option no task (and no scorer in `extra`) takes is a typo: name it and the valid ones."""
   unknown = sorted(set(options) - known_options() - set(extra))
   if unknown:
-    raise ValueError(f"unknown task option(s) {unknown}; valid: {', '.join(sorted(known_options() | set(extra)))}")
+    raise ConfigError(f"unknown task option(s) {unknown}; valid: {', '.join(sorted(known_options() | set(extra)))}")
 
 
 def build_task(name: str, seed: int = 0, tokenizer=None, _lenient: bool = False, **options) -> Task:
@@ -74,14 +75,14 @@ def build_task(name: str, seed: int = 0, tokenizer=None, _lenient: bool = False,
   if name not in TASKS:
     if is_task_file(name):
       return file_task(name)
-    raise ValueError(f"unknown task {name!r}: choose from {', '.join(TASKS)} or give a path to a JSONL file "
+    raise ConfigError(f"unknown task {name!r}: choose from {', '.join(TASKS)} or give a path to a JSONL file "
                      "of {\"context\", \"choices\", \"answer\"} examples")
   builder = TASKS[name]
   accepted = _accepted(builder)
   if not _lenient:
     rejected = sorted(set(options) - accepted)
     if rejected:
-      raise ValueError(f"task {name!r} takes no option(s) {rejected}; its options: {', '.join(sorted(accepted))}")
+      raise ConfigError(f"task {name!r} takes no option(s) {rejected}; its options: {', '.join(sorted(accepted))}")
   kwargs = {k: v for k, v in options.items() if k in accepted}
   if "tokenizer" in inspect.signature(builder).parameters:
     kwargs["tokenizer"] = tokenizer
@@ -97,6 +98,6 @@ def write_jsonl(task: Task, path: str) -> str:
   from yijax.eval.multiple_choice import write_records
 
   if task.kind != "multiple_choice":
-    raise ValueError(f"task {task.name!r} is {task.kind}, not multiple choice: it has no JSONL form")
+    raise ConfigError(f"task {task.name!r} is {task.kind}, not multiple choice: it has no JSONL form")
   write_records(path, task.items)
   return path

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from yijax.errors import ConfigError
+
 KINDS = ("multiple_choice", "bpb", "induction")
 
 
@@ -40,7 +42,7 @@ class Task:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f"Task {self.name!r}: kind={self.kind!r} must be one of {', '.join(KINDS)}")
+      raise ConfigError(f"Task {self.name!r}: kind={self.kind!r} must be one of {', '.join(KINDS)}")
 
   @property
   def chance(self) -> float | None:

@@ -24,6 +24,7 @@ import bisect
 import hashlib
 
 from yijax.data import corpus
+from yijax.errors import ConfigError
 from yijax.eval.tasks.base import Task, place_answer, rng_for
 
 SOURCE_OF = {"docs": "python_docs", "code": "python_code"}
@@ -53,9 +54,9 @@ def build_bpb(name: str, seed: int, bpb_max_bytes: int = 1 << 17, piece_bytes: i
   """Held-out text of one source for bits per byte; data = [{"doc", "piece", "text"}]."""
   source = SOURCE_OF[name.split("_", 1)[1]]
   if bpb_max_bytes < 0:
-    raise ValueError(f"bpb_max_bytes={bpb_max_bytes} must be >= 0 (0 = the whole held-out split)")
+    raise ConfigError(f"bpb_max_bytes={bpb_max_bytes} must be >= 0 (0 = the whole held-out split)")
   if piece_bytes <= 0:
-    raise ValueError(f"piece_bytes={piece_bytes} must be positive")
+    raise ConfigError(f"piece_bytes={piece_bytes} must be positive")
   keyed = []
   for doc_id, text in _validation_documents(source):
     for index, piece in enumerate(_pieces(text, piece_bytes)):
@@ -71,7 +72,7 @@ def build_bpb(name: str, seed: int, bpb_max_bytes: int = 1 << 17, piece_bytes: i
     if bpb_max_bytes and total >= bpb_max_bytes:
       break
   if not data:
-    raise ValueError(f"{name}: the held-out split of {source} is empty on this interpreter; "
+    raise ConfigError(f"{name}: the held-out split of {source} is empty on this interpreter; "
                      "use another task or a larger corpus.VALIDATION_FRACTION")
   return Task(name, "bpb", data=data,
               description=f"bits per byte on {total} bytes of held-out {source} ({len(data)} pieces)")
@@ -101,7 +102,7 @@ class _LinePool:
         break
       tolerance *= 2
     if len(eligible) < count:
-      raise ValueError(f"only {len(eligible)} distinct candidate lines for distractors; lower num_choices")
+      raise ConfigError(f"only {len(eligible)} distinct candidate lines for distractors; lower num_choices")
     return rng.sample(eligible, count)
 
 
@@ -112,13 +113,13 @@ def build_cloze(name: str, seed: int, num_items: int = 200, context_lines: int =
   for field, value, low in (("num_items", num_items, 1), ("context_lines", context_lines, 1),
                             ("num_choices", num_choices, 2)):
     if value < low:
-      raise ValueError(f"{field}={value} must be >= {low}")
+      raise ConfigError(f"{field}={value} must be >= {low}")
   documents = [(doc_id, [line.rstrip() for line in text.split("\n")])
                for doc_id, text in _validation_documents(source)]
   positions = [(d, i) for d, (_, lines) in enumerate(documents) for i in range(context_lines, len(lines))
                if _line_ok(lines[i], min_chars, max_chars)]
   if not positions:
-    raise ValueError(f"{name}: no held-out line of {source} has {context_lines} lines before it; "
+    raise ConfigError(f"{name}: no held-out line of {source} has {context_lines} lines before it; "
                      "lower context_lines")
   pool = _LinePool({line for _, lines in documents for line in lines if _line_ok(line, min_chars, max_chars)})
   rng = rng_for(name, seed)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from yijax.errors import ConfigError
 from yijax.eval.tasks import synthetic
 
 FACTS_SOURCE = "facts"
@@ -47,9 +48,9 @@ def pretraining_sources(out_dir: str, tokenizer_path: str, seed: int, facts: boo
   from yijax.data.tokenizer import Tokenizer
 
   if not facts and not arith:
-    raise ValueError("pretraining_sources: facts=False and arith=False leave nothing to write")
+    raise ConfigError("pretraining_sources: facts=False and arith=False leave nothing to write")
   if arith_examples < 1:
-    raise ValueError(f"arith_examples={arith_examples} must be >= 1")
+    raise ConfigError(f"arith_examples={arith_examples} must be >= 1")
   tokenizer = Tokenizer(tokenizer_path)
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -76,8 +77,8 @@ def with_shares(base: Mapping[str, float], added: Mapping[str, float]) -> dict[s
   """
   extra = sum(added.values())
   if not 0 <= extra < 1 or any(v < 0 for v in added.values()):
-    raise ValueError(f"added shares {dict(added)} must be >= 0 and sum to less than 1")
+    raise ConfigError(f"added shares {dict(added)} must be >= 0 and sum to less than 1")
   total = sum(base.values())
   if total <= 0:
-    raise ValueError(f"base mixture {dict(base)} has no positive weight")
+    raise ConfigError(f"base mixture {dict(base)} has no positive weight")
   return {**{k: v / total * (1 - extra) for k, v in base.items()}, **dict(added)}

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yijax.errors import ConfigError
 from yijax.eval import multiple_choice, perplexity, scoring
 from yijax.eval.tasks.base import Task
 
@@ -117,7 +118,7 @@ def _induction_metrics(config, params, task: Task, batch_size: int) -> dict[str,
   tokens = np.asarray(task.data["tokens"], np.int32)
   start, span = task.data["span_start"], task.data["span_len"]
   if tokens.shape[1] > config.max_seq_len or tokens.max() >= config.vocab_size:
-    raise ValueError(f"induction sequences of {tokens.shape[1]} tokens (ids < {tokens.max() + 1}) do not fit "
+    raise ConfigError(f"induction sequences of {tokens.shape[1]} tokens (ids < {tokens.max() + 1}) do not fit "
                      f"model.max_seq_len={config.max_seq_len} / model.vocab_size={config.vocab_size}; "
                      "lower span_len or pass vocab_size")
   # target t + 1 is the repeat's token j (j >= 1) when t + 1 = start + span + j
@@ -140,11 +141,11 @@ def evaluate_task(config, params, tokenizer, task: Task, batch_size: int = 8, ma
   config = config.replace(remat_policy="none")
   if task.kind == "multiple_choice":
     if tokenizer is None:
-      raise ValueError(f"task {task.name!r} is text: pass the model's tokenizer")
+      raise ConfigError(f"task {task.name!r} is text: pass the model's tokenizer")
     return _multiple_choice_metrics(config, params, tokenizer, task, batch_size, max_len, add_bos)
   if task.kind == "bpb":
     if tokenizer is None:
-      raise ValueError(f"task {task.name!r} is text: pass the model's tokenizer")
+      raise ConfigError(f"task {task.name!r} is text: pass the model's tokenizer")
     return _bpb_metrics(config, params, tokenizer, task, batch_size, seq_len)
   return _induction_metrics(config, params, task, batch_size)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from yijax.errors import ConfigError
 from yijax.eval.tasks.base import Task, np_rng_for, place_answer, rng_for, stable_fraction
 
 ADD_STEPS = (1, 10, 100)
@@ -103,7 +104,7 @@ def _sum_choices(rng, total: int, count: int) -> tuple[list[str], int]:
 def build_arith(name: str, seed: int, num_items: int = 200, num_choices: int = 4) -> Task:
   """Half addition (num_choices choices), half comparison (2 choices), from the eval side only."""
   if num_items < 1 or not 2 <= num_choices <= 6:
-    raise ValueError(f"arith needs num_items >= 1 and 2 <= num_choices <= 6, got {num_items}, {num_choices}")
+    raise ConfigError(f"arith needs num_items >= 1 and 2 <= num_choices <= 6, got {num_items}, {num_choices}")
   rng = rng_for(name, seed)
   items, used = [], set()
   while len(items) < num_items:
@@ -151,7 +152,7 @@ def facts_table(seed: int, facts_k=FACTS_K, facts_per_group: int = 20) -> list[d
   """[{"entity", "city", "k"}]: distinct invented names, `facts_per_group` per k."""
   facts_k = tuple(int(k) for k in facts_k)
   if facts_per_group < 1 or not facts_k or min(facts_k) < 0 or len(set(facts_k)) != len(facts_k):
-    raise ValueError(f"facts need facts_per_group >= 1 and distinct facts_k >= 0; got {facts_per_group}, "
+    raise ConfigError(f"facts need facts_per_group >= 1 and distinct facts_k >= 0; got {facts_per_group}, "
                      f"{facts_k}")
   rng = rng_for("facts_table", seed)
   taken: set[str] = set()
@@ -180,7 +181,7 @@ def build_facts(name: str, seed: int, facts_k=FACTS_K, facts_per_group: int = 20
     same = [f["city"] for f in table if f["k"] == fact["k"] and f["city"] != fact["city"]]
     others = same if len(same) >= num_choices - 1 else [f["city"] for f in table if f["city"] != fact["city"]]
     if len(others) < num_choices - 1:
-      raise ValueError(f"facts: {len(table)} facts cannot give {num_choices} choices; raise facts_per_group")
+      raise ConfigError(f"facts: {len(table)} facts cannot give {num_choices} choices; raise facts_per_group")
     choices, answer = place_answer(rng, fact["city"], rng.sample(others, num_choices - 1))
     items.append({"id": f"facts/{index}", "group": f"k{fact['k']}", "context": fact_prompt(fact["entity"]),
                   "choices": choices, "answer": answer})
@@ -217,7 +218,7 @@ def ordinary_token_ids(tokenizer=None, vocab_size: int | None = None) -> np.ndar
         np.int32)
   size = vocab_size or getattr(tokenizer, "vocab_size", None)
   if not size:
-    raise ValueError("induction needs token ids: pass tokenizer=... or vocab_size=N (ids 3..N-1 are drawn)")
+    raise ConfigError("induction needs token ids: pass tokenizer=... or vocab_size=N (ids 3..N-1 are drawn)")
   return np.arange(3, size, dtype=np.int32)
 
 
@@ -225,10 +226,10 @@ def build_induction(name: str, seed: int, tokenizer=None, num_sequences: int = 6
                     vocab_size: int | None = None) -> Task:
   """data = {"tokens": int32 [n, (1 +) 2 * span_len], "span_start", "span_len"}; BOS first when known."""
   if num_sequences < 1 or span_len < 2:
-    raise ValueError(f"induction needs num_sequences >= 1 and span_len >= 2; got {num_sequences}, {span_len}")
+    raise ConfigError(f"induction needs num_sequences >= 1 and span_len >= 2; got {num_sequences}, {span_len}")
   ids = ordinary_token_ids(tokenizer, vocab_size)
   if len(ids) < span_len:
-    raise ValueError(f"span_len={span_len} exceeds the {len(ids)} ordinary token ids; lower span_len")
+    raise ConfigError(f"span_len={span_len} exceeds the {len(ids)} ordinary token ids; lower span_len")
   rng = np_rng_for(name, seed)
   spans = np.stack([rng.choice(ids, span_len, replace=False) for _ in range(num_sequences)]).astype(np.int32)
   bos = getattr(tokenizer, "bos_id", -1)

@@ -91,6 +91,39 @@ def read_text(location) -> str:
   return epath.Path(location).read_text()
 
 
+def read_json(location, what: str = "file"):
+  """A JSON file's value; a file that does not parse is a DataError naming it."""
+  import json
+
+  from yijax.errors import DataError
+
+  try:
+    return json.loads(read_text(location))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"{what} {location} is not valid JSON ({e}); restore or regenerate it") from None
+
+
+def check_output_dir(location, flag: str = "--out") -> None:
+  """An output directory must not be an existing file."""
+  if exists(location) and not isdir(location):
+    raise PathError(f"{flag}={location} is a file, not a directory; choose a directory path")
+
+
+def user_mode_tree(location) -> None:
+  """Gives every directory and file under a local output the permissions the user's umask gives (some
+  writers, such as safetensors and tempfile, create files 0600 and directories 0700)."""
+  if is_url(location):
+    return
+  mask = os.umask(0)
+  os.umask(mask)
+  os.chmod(location, 0o777 & ~mask)
+  for root, dirs, files in os.walk(location):
+    for name in dirs:
+      os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    for name in files:
+      os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def write_text(location, text: str) -> None:
   """Writes a whole file (a local file is replaced atomically, as a GCS object always is)."""
   if is_url(location):

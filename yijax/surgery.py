@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yijax import paths
+from yijax.errors import PathError
 from yijax.models.config import ConfigError, ModelConfig
 
 NEW_LAYERS = ("copy", "zero", "random")
@@ -278,10 +279,14 @@ def grow_model_dir(source: str, out: str, order: Sequence[int], new_layers: str 
   from yijax import models
   from yijax.train import params_io
 
+  from yijax.convert.hf import check_replaceable
+
   out = os.path.abspath(out)
+  paths.check_output_dir(out)
   if os.path.exists(out) and os.listdir(out):
     if not overwrite:
-      raise FileExistsError(f"{out} exists and is not empty; choose a new --out or pass --overwrite")
+      raise PathError(f"--out={out} exists and is not empty; choose a new --out or pass --overwrite")
+    check_replaceable(out)
   location = params_io.locate_model(source)
   config = params_io.read_model_config(source)
   new_config = grown_config(config, order)
@@ -309,6 +314,7 @@ def grow_model_dir(source: str, out: str, order: Sequence[int], new_layers: str 
     paths.copy_tree(paths.join(step_dir, "data"), os.path.join(tmp, "data"))
   with open(os.path.join(tmp, SURGERY_FILE), "w") as f:
     json.dump(summary, f, indent=2)
+  paths.user_mode_tree(tmp)
   if os.path.exists(out):
     shutil.rmtree(out)
   os.replace(tmp, out)

@@ -223,12 +223,20 @@ class SafetensorsReader:
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     single = os.path.join(hf_dir, "model.safetensors")
     if os.path.exists(index):
-      with open(index) as f:
-        self.files = {name: os.path.join(hf_dir, file) for name, file in json.load(f)["weight_map"].items()}
+      index_value = paths.read_json(index, "the safetensors index")
+      weight_map = index_value.get("weight_map") if isinstance(index_value, dict) else None
+      if not isinstance(weight_map, dict):
+        raise ConversionError(f"{index} has no \"weight_map\" object (tensor name -> file)")
+      root = os.path.realpath(hf_dir)
+      self.files = {}
+      for name, file in weight_map.items():
+        path = os.path.realpath(os.path.join(hf_dir, str(file)))
+        if os.path.dirname(path) != root:
+          raise ConversionError(f"{index}: tensor {name} points to {file!r}, outside {hf_dir}; an index may only "
+                                "name safetensors files in its own directory")
+        self.files[name] = path
     elif os.path.exists(single):
-      from safetensors import safe_open
-
-      with safe_open(single, framework="numpy") as f:
+      with _open_safetensors(single) as f:
         self.files = {name: single for name in f.keys()}
     else:
       pickles = [p for p in os.listdir(hf_dir) if p.endswith((".bin", ".pt", ".pth", ".ckpt"))]
@@ -245,14 +253,40 @@ class SafetensorsReader:
     return list(self.files)
 
   def get(self, name: str) -> np.ndarray:
-    from safetensors import safe_open
-
     file = self.files[name]
     if not os.path.exists(file):
       raise ConversionError(f"tensor {name}: file {file} named by the index is missing")
     if file not in self._open:
-      self._open[file] = safe_open(file, framework="numpy")
-    return self._open[file].get_tensor(name)
+      self._open[file] = _open_safetensors(file)
+    try:
+      return self._open[file].get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+      raise ConversionError(f"{file}: tensor {name} cannot be read ({_first_line(e)}); the file is damaged or "
+                            "truncated: download or export it again") from None
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _open_safetensors(file: str):
+  """safe_open, with a damaged or hostile file (truncated, bad offsets, an absurd header) refused in one
+  line naming it. The header is checked before safetensors reads it."""
+  from safetensors import safe_open
+
+  size = os.path.getsize(file)
+  with open(file, "rb") as f:
+    prefix = f.read(8)
+  header = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+  if header < 2 or header > min(size - 8, 100 * 2**20):
+    raise ConversionError(f"{file} is not a safetensors file: its header length field says {header} bytes in a "
+                          f"file of {size} bytes; the file is damaged or truncated: download or export it again")
+  try:
+    return safe_open(file, framework="numpy")
+  except Exception as e:  # noqa: BLE001
+    raise ConversionError(f"{file} is not a readable safetensors file ({_first_line(e)}); the file is damaged or "
+                          "truncated: download or export it again") from None
 
 
 def _norm_aliases(name: str) -> str:
@@ -276,8 +310,9 @@ def read_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
   config_path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(config_path):
     raise ConversionError(f"{hf_dir}: no config.json")
-  with open(config_path) as f:
-    hf_config = json.load(f)
+  hf_config = paths.read_json(config_path, "the model config")
+  if not isinstance(hf_config, dict):
+    raise ConversionError(f"{config_path} must hold a JSON object (the model's config)")
   from yijax.convert import hf_moe
 
   if hf_moe.is_moe_hf(hf_config):
@@ -329,6 +364,26 @@ def _np_dtype(name: str):
   return np.dtype(jnp.dtype(name))
 
 
+# what a model directory this tool writes may hold: --overwrite replaces only such a directory
+MODEL_DIR_FILES = {"model_config.json", "params", "checksums.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "tokenizer.json", "config.json", "generation_config.json",
+                   "model.safetensors", "model.safetensors.index.json", "surgery.json", "data"}
+
+
+def check_replaceable(out: str) -> None:
+  """--overwrite deletes `out`: allowed only for a model directory yijax could have written (a yijax model
+  dir or an HF safetensors export), never a directory holding anything else."""
+  names = set(os.listdir(out))
+  foreign = sorted(n for n in names if n not in MODEL_DIR_FILES
+                   and not (n.startswith("model-") and n.endswith(".safetensors")))
+  is_model = {"model_config.json", "params"} <= names or ("config.json" in names and any(
+      n.endswith(".safetensors") for n in names))
+  if foreign or not is_model:
+    raise ConversionError(
+        f"--out={out} is not a model directory yijax wrote (it holds {sorted(foreign or names)[:5]}); --overwrite "
+        "only replaces one. Choose another --out, or remove the directory yourself if you mean to")
+
+
 @dataclasses.dataclass
 class _Staging:
   """Writes into a temporary sibling of `out` and renames it at the end, so a
@@ -339,8 +394,11 @@ class _Staging:
 
   def __enter__(self) -> str:
     self.out = os.path.abspath(self.out)
-    if os.path.exists(self.out) and os.listdir(self.out) and not self.overwrite:
-      raise ConversionError(f"--out={self.out} exists and is not empty; choose another path or pass --overwrite")
+    paths.check_output_dir(self.out)
+    if os.path.exists(self.out) and os.listdir(self.out):
+      if not self.overwrite:
+        raise ConversionError(f"--out={self.out} exists and is not empty; choose another path or pass --overwrite")
+      check_replaceable(self.out)
     parent = os.path.dirname(self.out)
     os.makedirs(parent, exist_ok=True)
     self.tmp = tempfile.mkdtemp(prefix=os.path.basename(self.out) + ".tmp-", dir=parent)
@@ -350,6 +408,7 @@ class _Staging:
     if exc_type is not None:
       shutil.rmtree(self.tmp, ignore_errors=True)
       return False
+    paths.user_mode_tree(self.tmp)
     if os.path.exists(self.out):
       shutil.rmtree(self.out)
     os.replace(self.tmp, self.out)

@@ -35,7 +35,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def run(fv, args):
   from yijax.data.tokenizer import Tokenizer, resolve_model_path
-  from yijax.eval.generate import Generator, Sampling
+  from yijax.eval.generate import Generator, Sampling, check_length
   from yijax.train import params_io
 
   if not fv.ckpt:
@@ -49,9 +49,8 @@ def run(fv, args):
     tokenizer = Tokenizer(resolve_model_path(tok_path))
   if fv.prompt and tokenizer is None:
     raise UsageError("--prompt needs --tokenizer (no tokenizer.model in --ckpt)")
-  config, params = params_io.load_model(fv.ckpt)
-  if fv.dtype:
-    config = config.replace(dtype=fv.dtype)
+  sampling = Sampling(fv.temperature, fv.top_k, fv.top_p).validate()
+  config = params_io.read_model_config(fv.ckpt)  # every check before the weights are read
   if tokenizer is not None:
     tokenizer.check_fits(config.vocab_size)
   prompts = ([tokenizer.encode(p, add_bos=fv.add_bos) for p in fv.prompt] if fv.prompt
@@ -59,9 +58,12 @@ def run(fv, args):
   bad = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
   if bad:
     raise UsageError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {config.vocab_size})")
+  check_length(max(len(p) for p in prompts), fv.max_new_tokens, config.max_seq_len)
   stop_ids = [int(s) for s in fv.stop_ids] if fv.stop_ids is not None else (
       [tokenizer.eos_id] if tokenizer is not None and tokenizer.eos_id >= 0 else [])
-  sampling = Sampling(fv.temperature, fv.top_k, fv.top_p)
+  config, params = params_io.load_model(fv.ckpt)
+  if fv.dtype:
+    config = config.replace(dtype=fv.dtype)
   outputs = Generator(config, params).generate(prompts, fv.max_new_tokens, sampling, fv.seed, stop_ids)
   records = []
   for prompt, ids in zip(prompts, outputs):

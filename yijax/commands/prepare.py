@@ -76,6 +76,9 @@ def run(fv, args):
     raise UsageError("--tokenizer is required (train one with `yijax tokenizer train`)")
   if not fv.out:
     raise UsageError("--out is required")
+  from yijax import paths
+
+  paths.check_output_dir(fv.out, "--out")
   values = [s for s in fv.source if s != "embedded"]
   embedded = fv.embedded or len(values) < len(fv.source)
   if not values and not embedded:

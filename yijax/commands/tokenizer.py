@@ -9,7 +9,6 @@ import tempfile
 from absl import flags
 
 from yijax.cli import UsageError
-from yijax.errors import ConfigError
 
 ACTIONS = ("train",)
 
@@ -59,11 +58,8 @@ def run(fv, args):
       size = corpus.sample_text(sample, int(fv.embedded_mb * 2**20))
       print(f"embedded corpus sample: {size / 2**20:.2f} MiB of the train split")
       inputs.append(sample)
-    try:
-      tokenizer = train_tokenizer(inputs, fv.vocab_size, fv.out, num_threads=fv.num_threads, seed=fv.seed,
-                                  input_sentence_size=fv.input_sentence_size)
-    except RuntimeError as e:  # sentencepiece's own message says what to change
-      raise ConfigError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+    tokenizer = train_tokenizer(inputs, fv.vocab_size, fv.out, num_threads=fv.num_threads, seed=fv.seed,
+                                input_sentence_size=fv.input_sentence_size)
   print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces, bos {tokenizer.bos_id}, eos {tokenizer.eos_id}, "
         f"sha256 {tokenizer.checksum[:16]}")
   return 0

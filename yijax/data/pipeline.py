@@ -89,8 +89,9 @@ def read_manifest(prepared_dir: str, split: str | None = None, sources: Sequence
   if not os.path.isfile(path):
     raise ConfigError(f"data.prepared_dir={prepared_dir} has no {MANIFEST}; prepare data first, e.g. "
                       f"`yijax prepare --source=embedded --tokenizer=TOK --out={prepared_dir}`")
-  with open(path) as f:
-    manifest = json.load(f)
+  from yijax import paths
+
+  manifest = paths.read_json(path, "the prepared data's manifest")
   manifest["root"] = prepared_dir
   if split is None:
     return manifest
@@ -103,6 +104,12 @@ def read_manifest(prepared_dir: str, split: str | None = None, sources: Sequence
     if not available[name].get("complete"):
       raise ConfigError(f"{prepared_dir}: {split}/{name} is incomplete (an interrupted or failed `yijax prepare`); "
                         "rerun the same prepare command to finish it")
+    missing = [shard["path"] for shard in available[name].get("shards", [])
+               if not os.path.isfile(os.path.join(prepared_dir, shard["path"]))]
+    if missing:
+      raise ConfigError(f"{prepared_dir}: {split}/{name} lists {len(missing)} shard file(s) that are missing "
+                        f"({missing[0]}{', ...' if len(missing) > 1 else ''}); the prepared data was moved or "
+                        "partly deleted: copy it whole, or prepare it again")
   return manifest
 
 

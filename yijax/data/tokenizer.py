@@ -54,10 +54,14 @@ class Tokenizer:
   def __init__(self, path: str):
     self.path = resolve_model_path(path)
     processor = _sp().SentencePieceProcessor()
-    loaded = (processor.LoadFromSerializedProto(paths.path(self.path).read_bytes()) if paths.is_url(self.path)
-              else processor.Load(self.path))
+    try:
+      loaded = (processor.LoadFromSerializedProto(paths.path(self.path).read_bytes()) if paths.is_url(self.path)
+                else processor.Load(self.path))
+    except RuntimeError:
+      loaded = False
     if not loaded:
-      raise DataError(f"{self.path} is not a sentencepiece model")
+      raise DataError(f"{self.path} is not a sentencepiece model (give a tokenizer.model written by `yijax tokenizer "
+                      "train` or shipped with a Llama/Yi checkpoint)")
     self.processor = processor
     self.vocab_size = processor.GetPieceSize()
     self.bos_id = processor.bos_id()
@@ -120,10 +124,27 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
   missing = [p for p in inputs if not os.path.isfile(p)]
   if missing:
     raise MissingFileError(f"tokenizer training input(s) not found: {missing}")
-  os.makedirs(out_dir, exist_ok=True)
   model = io.BytesIO()
   if hasattr(_sp(), "set_random_generator_seed"):
     _sp().set_random_generator_seed(seed)
+  try:
+    _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads)
+  except RuntimeError as e:  # sentencepiece's own message says what to change (e.g. a vocabulary too small)
+    raise DataError(f"sentencepiece training of a {vocab_size}-piece tokenizer failed: "
+                    f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, MODEL_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(model.getvalue())
+  os.replace(tmp, path)
+  tokenizer = Tokenizer(path)
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(tokenizer.meta(), f, indent=2)
+  return tokenizer
+
+
+def _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads):
   _sp().SentencePieceTrainer.Train(
       input=list(inputs),
       model_writer=model,
@@ -145,12 +166,3 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
       num_threads=num_threads,
       minloglevel=2,
   )
-  path = os.path.join(out_dir, MODEL_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, path)
-  tokenizer = Tokenizer(path)
-  with open(os.path.join(out_dir, META_FILE), "w") as f:
-    json.dump(tokenizer.meta(), f, indent=2)
-  return tokenizer

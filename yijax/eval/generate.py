@@ -12,6 +12,7 @@ settings, stop tokens and the token budget are traced values, not constants.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
@@ -34,13 +35,22 @@ class Sampling:
   top_p: float = 1.0
 
   def validate(self) -> "Sampling":
-    if self.temperature < 0:
-      raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+    if not (math.isfinite(self.temperature) and self.temperature >= 0):
+      raise ConfigError(f"--temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
     if self.top_k < 0:
       raise ConfigError(f"--top_k must be >= 0, got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise ConfigError(f"--top_p must be in (0, 1], got {self.top_p}")
     return self
+
+
+def check_length(prompt_tokens: int, max_new_tokens: int, max_seq_len: int) -> None:
+  """A prompt plus the tokens to generate must fit the model's positions (model.max_seq_len)."""
+  if max_new_tokens < 1:
+    raise ConfigError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+  if prompt_tokens + max_new_tokens > max_seq_len:
+    raise ConfigError(f"a prompt of {prompt_tokens} tokens plus --max_new_tokens={max_new_tokens} exceeds the "
+                      f"model's max_seq_len={max_seq_len}; lower --max_new_tokens or shorten the prompt")
 
 
 def sample_logits(logits, key, temperature, top_k, top_p):
@@ -128,6 +138,7 @@ class Generator:
     if len(stop_ids) > MAX_STOP_IDS:
       raise ConfigError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
     longest = max(len(p) for p in prompts)
+    check_length(longest, max_new_tokens, self.config.max_seq_len)
     bucket = _bucket(longest)
     cache_len = _round_up(bucket + max_new_tokens, 128)
     tokens = np.zeros((len(prompts), bucket), np.int32)

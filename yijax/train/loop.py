@@ -99,6 +99,7 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
       config.distributed.num_processes or None,
       config.distributed.process_id if config.distributed.process_id >= 0 else None,
   )
+  paths.check_output_dir(paths.resolve(workdir), "--workdir")
   plan = validation.check_run_config(config)  # everything that can fail, before compiling
   model_config, mesh, rules = plan.model_config, plan.mesh, plan.rules
   workdir = paths.resolve(workdir)

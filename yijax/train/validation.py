@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 from typing import Any
 
 import jax
 import numpy as np
 
 from yijax import configlib, sharding
+from yijax.errors import DataError
 from yijax.models.config import ConfigError, ModelConfig
 
 
@@ -66,6 +69,7 @@ def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
   if config.eval.batches > 0 and config.eval.batch_size % batch_shards:
     raise ConfigError(f"eval.batch_size={config.eval.batch_size} must be a multiple of the {batch_shards} "
                       "batch shards of the mesh")
+  _check_optimizer(config.optimizer)
   from yijax.train import optimizer as opt_lib
 
   warmup = opt_lib.warmup_steps(config.optimizer, train.steps)
@@ -73,6 +77,29 @@ def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
     raise ConfigError(f"optimizer.warmup_steps={warmup} exceeds train.steps={train.steps}")
   tokenizer_path, token_bytes = _check_data(config, model_config, prepare_default_data)
   return RunPlan(model_config, mesh, rules, tokenizer_path, token_bytes)
+
+
+def _check_optimizer(optimizer) -> None:
+  """Learning rate and AdamW settings that cannot train: negative or non-finite values, betas outside [0, 1)."""
+  def number(field):
+    value = optimizer[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      raise ConfigError(f"optimizer.{field}={value!r} must be a finite number")
+    return value
+
+  if number("lr") < 0:
+    raise ConfigError(f"optimizer.lr={optimizer.lr} is negative: that trains by gradient ascent; give a "
+                      "learning rate >= 0 (an unlearning objective sets its own sign: train.objective)")
+  for field in ("b1", "b2"):
+    if not 0 <= number(field) < 1:
+      raise ConfigError(f"optimizer.{field}={optimizer[field]} must be in [0, 1)")
+  if number("eps") <= 0:
+    raise ConfigError(f"optimizer.eps={optimizer.eps} must be positive")
+  for field in ("weight_decay", "clip_norm"):
+    if number(field) < 0:
+      raise ConfigError(f"optimizer.{field}={optimizer[field]} must be >= 0")
+  if not 0 <= number("min_lr_ratio") <= 1:
+    raise ConfigError(f"optimizer.min_lr_ratio={optimizer.min_lr_ratio} must be in [0, 1]")
 
 
 def _check_data(config, model_config: ModelConfig, prepare_default_data: bool):
@@ -115,5 +142,11 @@ def default_prepared_dir(model_vocab_size: int) -> str:
     done = os.path.exists(manifest) and json.load(open(manifest)).get("complete")
     if not done:
       print(f"preparing the embedded corpus into {out} (once)", flush=True)
-      prepare.prepare_embedded(out, vocab, progress=jax.process_index() == 0)
+      try:
+        prepare.prepare_embedded(out, vocab, progress=jax.process_index() == 0)
+      except DataError as e:
+        shutil.rmtree(out, ignore_errors=True)  # a cache that failed to build is not left half-written
+        raise ConfigError(f"model.vocab_size={model_vocab_size}: the default data (the embedded corpus) cannot "
+                          f"be tokenized with {vocab} pieces ({e}); raise model.vocab_size, or give "
+                          "data.prepared_dir prepared with your own tokenizer") from None
   return out

@@ -108,6 +108,9 @@ def test_loaders_refuse_corrupted_weights_and_name_the_parameter(runs, tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoints/6: parameter" in err and "Traceback" not in err, err
   assert not os.path.exists(tmp_path / "hf")
+  assert cli.main(["yijax", "eval", f"--run_dir={run}", "--tasks=arith", "--steps=6"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "checkpoints/6: parameter" in err[0], err
   assert cli.main(["yijax", "generate", f"--ckpt={run}", "--prompt_ids=1,2", "--max_new_tokens=2"]) == 0
   assert "using checkpoint step 3" in capsys.readouterr().err
 

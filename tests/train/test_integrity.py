@@ -55,6 +55,7 @@ DAMAGE = {
     "flipped_params": lambda step: _flip(_largest(os.path.join(step, "params"))),
     "truncated_params": lambda step: open(_largest(os.path.join(step, "params")), "r+b").truncate(1000),
     "corrupt_meta": lambda step: open(os.path.join(step, "meta", "metadata"), "w").write('{"step": 6, "tok'),
+    "corrupt_params_metadata": lambda step: open(os.path.join(step, "params", "_METADATA"), "w").write('{"tree'),
     "corrupt_data_state": lambda step: [open(p, "w").write('{"a": ') for p in glob.glob(os.path.join(step, "data",
                                                                                                     "*.json"))],
 }
@@ -86,6 +87,8 @@ def test_resume_falls_back_past_a_damaged_checkpoint(damage, runs, tmp_path, pre
   assert len(aside) == 1 and os.path.isdir(os.path.join(aside[0], "params"))
   assert "checkpoint" in open(os.path.join(aside[0], "DAMAGED.txt")).read()
   assert _losses(run) == _losses(straight)
+  if damage.startswith("corrupt"):  # a file that does not parse is named
+    assert "is not valid JSON" in out and ("metadata" in out or "_METADATA" in out or "data/" in out), out
 
 
 def test_loaders_refuse_corrupted_weights_and_name_the_parameter(runs, tmp_path, capsys):

@@ -161,6 +161,7 @@ class RunCheckpointer:
     checked against the checksums saved with it. Raises CheckpointError naming the step and what is
     damaged (a file that cannot be read, JSON that does not parse, an array whose checksum differs)."""
     step_dir = paths.join(self.directory, str(step))
+    check_json_files(step_dir)
     check_shapes(paths.join(step_dir, "params"), abstract_params, logical_specs)
     holder = _StateHolder()
     expected = integrity.read(paths.join(step_dir, "checksums", integrity.FILE))
@@ -212,6 +213,27 @@ class RunCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# the JSON files of a step, checked before orbax reads them so a damaged one is named
+JSON_FILES = ("meta/metadata", "params/_METADATA", "opt_state/_METADATA", "config/config.json",
+              f"model_config/{MODEL_CONFIG}", "_CHECKPOINT_METADATA")
+
+
+def check_json_files(step_dir: str) -> None:
+  """Raises CheckpointError naming the first JSON file of a checkpoint step that does not parse."""
+  names = list(JSON_FILES)
+  data_dir = paths.join(step_dir, "data")
+  if paths.isdir(data_dir):
+    names += [f"data/{p.name}" for p in paths.path(data_dir).iterdir() if p.name.endswith(".json")]
+  for name in names:
+    file = paths.join(step_dir, *name.split("/"))
+    if not paths.exists(file):
+      continue
+    try:
+      json.loads(paths.read_text(file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"{file} is not valid JSON ({e}); the checkpoint is damaged") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -145,6 +145,12 @@ def _load_verified(path: str, dtype: str | None, shardings: Any, as_numpy: bool)
   location = locate_model(path)
   config = read_model_config(path)
   params_dir = location.params_dir
+  metadata_file = paths.join(params_dir, "_METADATA")
+  if paths.exists(metadata_file):
+    try:
+      json.loads(paths.read_text(metadata_file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"{metadata_file} is not valid JSON ({e}); the checkpoint is damaged") from None
   metadata = tree_metadata(params_dir)
   try:
     if as_numpy:

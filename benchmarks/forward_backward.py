@@ -72,7 +72,7 @@ def main(argv=None):
     tokens_per_s = args.batch * args.seq_len / seconds
     util = flops.mfu(tokens_per_s, per_token, num_devices=1)
     rows.append((impl, f"{seconds * 1e3:.1f}", f"{tokens_per_s:,.0f}", "n/a" if util is None else f"{util:.1%}", ""))
-  print(f"\n| attention | step ms | tokens/s | MFU | note |\n|---|---|---|---|---|")
+  print("\n| attention | step ms | tokens/s | MFU | note |\n|---|---|---|---|---|")
   for row in rows:
     print("| " + " | ".join(row) + " |")
   return 0

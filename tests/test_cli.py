@@ -2,9 +2,7 @@
 
 import json
 import subprocess
-import sys
 
-import pytest
 
 from yijax import cli
 

@@ -13,7 +13,6 @@ import difflib
 import importlib
 import os
 import sys
-from typing import Callable
 
 from absl import flags
 

@@ -18,7 +18,6 @@ smoke: scratch and g4 at 10 and 20% only. paper: the 6L -> 24L TinyLlama-like se
 """
 
 
-import ml_collections
 
 from yijax import configlib, models, surgery
 from yijax.models import presets

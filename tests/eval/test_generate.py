@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from yijax import models
 from yijax.convert import hf
 from yijax.eval import generate as gen
 from yijax.train import params_io

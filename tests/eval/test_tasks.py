@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from yijax import configlib, models
+from yijax import models
 from yijax.data import corpus
 from yijax.eval import multiple_choice
 from yijax.eval import tasks

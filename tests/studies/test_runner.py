@@ -1,7 +1,6 @@
 """The study runner: dependency order, skip-if-done, resume, failures, SIGKILL mid-study."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

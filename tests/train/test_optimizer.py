@@ -1,7 +1,6 @@
 """Schedules and the weight-decay mask."""
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

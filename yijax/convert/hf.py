@@ -20,7 +20,6 @@ order that `yijax.models.rope` uses, so they are only transposed/reshaped:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile

@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from yijax import sharding
 from yijax.models.config import ConfigError, ModelConfig

@@ -20,11 +20,9 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from yijax import models, paths, sharding
-from yijax.models.config import ConfigError
+from yijax import paths, sharding
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
 from yijax.train import layerwise, validation

@@ -20,9 +20,19 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# whole modules that run studies, notebooks, several processes, a storage emulator or kill-and-resume
+# cycles: marked slow, so `python -m pytest -m "not slow" -n 2` is the quick inner loop (CI runs all)
+SLOW_MODULES = ("tests/studies/", "tests/test_notebooks.py", "tests/train/test_multiprocess.py",
+                "tests/train/test_gcs.py", "tests/train/test_resume.py", "tests/train/test_integrity.py",
+                "tests/unlearning/test_study.py", "tests/test_expert_parallel.py", "tests/eval/test_eval_run_dir.py")
+
+
 def pytest_collection_modifyitems(config, items):
   backend = jax.default_backend()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for item in items:
+    if os.path.relpath(str(item.fspath), root).startswith(SLOW_MODULES):
+      item.add_marker(pytest.mark.slow)
     if "gpu" in item.keywords and backend != "gpu":
       item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
     if "tpu" in item.keywords and backend != "tpu":

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from yijax.models.config import ConfigError
+from yijax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence", "expert")
 

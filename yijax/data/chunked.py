@@ -30,8 +30,7 @@ import ml_collections
 import numpy as np
 
 from yijax.data import records
-from yijax.errors import DataError
-from yijax.models.config import ConfigError
+from yijax.errors import ConfigError, DataError
 
 MIN_TOKENS = 5  # the reference code drops chunks shorter than this
 

@@ -36,8 +36,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from yijax.errors import DataError
-from yijax.models.config import ConfigError
+from yijax.errors import ConfigError, DataError
 
 UPSAMPLING_MODES = ("none", "per_source", "global")
 

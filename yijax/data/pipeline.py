@@ -44,8 +44,7 @@ import ml_collections
 import numpy as np
 
 from yijax.data import mixture, records
-from yijax.errors import DataError
-from yijax.models.config import ConfigError
+from yijax.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
 UPSAMPLING_MODES = mixture.UPSAMPLING_MODES

@@ -108,7 +108,7 @@ class Tokenizer:
 
   def check_fits(self, model_vocab_size: int, field: str = "model.vocab_size") -> None:
     """A tokenizer larger than the model's embedding cannot work: say both sizes."""
-    from yijax.models.config import ConfigError  # lazily: prepare's worker processes need no jax
+    from yijax.errors import ConfigError
 
     if self.vocab_size > model_vocab_size:
       raise ConfigError(

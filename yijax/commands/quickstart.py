@@ -3,6 +3,9 @@
 Trains a tokenizer on the embedded corpus (Python's own documentation and
 sources) and prepares it (once, into a cache), trains the tiny Yi model,
 evaluates held-out perplexity and bits per byte, and prints samples.
+
+yijax quickstart --text=FILE[,FILE...] --workdir=DIR [--budget_s=SECONDS]: the same on your own text,
+within a wall-time budget, everything included (yijax/train/own_text.py).
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ def define_flags(fv, argv):
   flags.DEFINE_integer("steps", 300, "training steps (tiny model, batch 8 x 256 tokens)", flag_values=fv)
   flags.DEFINE_string("prompt", "def ", "prompt for the samples", flag_values=fv)
   flags.DEFINE_integer("max_new_tokens", 48, "tokens per sample", flag_values=fv)
+  flags.DEFINE_list("text", None, "your own text files: train a tokenizer and a model on their first 90%, score "
+                    "bits per byte on the rest", flag_values=fv)
+  flags.DEFINE_float("budget_s", 300.0, "with --text: wall-time budget in seconds, everything included",
+                     flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "with --text: parameter init and data order", flag_values=fv)
 
 
 def run(fv, args):
-  from yijax.data.tokenizer import Tokenizer
-  from yijax.eval.generate import Generator, Sampling
-  from yijax.train import loop, params_io
+  from yijax.train import loop
   from yijax.train.config import tiny_pretrain_config
 
   start = time.time()
+  if fv.text:
+    return _own_text(fv, start)
   config = tiny_pretrain_config()
   config.train.steps = fv.steps
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, max(fv.steps // 10, 1))
@@ -43,15 +51,40 @@ def run(fv, args):
   if evals:
     print(f"held-out: loss {evals['loss']:.3f}  perplexity {evals['perplexity']:.1f}  "
           f"bits/byte {evals.get('bits_per_byte', float('nan')):.3f}")
-  location = params_io.locate_model(fv.workdir)
-  model_config, params = params_io.load_model(fv.workdir)
-  tokenizer = Tokenizer(location.tokenizer)
-  prompt = tokenizer.encode(fv.prompt, add_bos=True)
-  generator = Generator(model_config, params)
-  for name, sampling in (("greedy", Sampling()), ("sampled (T=0.8, top_p=0.95)", Sampling(0.8, 0, 0.95))):
-    ids = generator.generate([prompt], fv.max_new_tokens, sampling, seed=0, stop_ids=[tokenizer.eos_id])[0]
-    print(f"\n--- {name} ---\n{fv.prompt}{tokenizer.decode([i for i in ids if i != tokenizer.eos_id])}")
+  _samples(fv.workdir, fv.prompt, fv.max_new_tokens)
   print(f"\nrun dir: {os.path.abspath(fv.workdir)}  ({time.time() - start:.0f} s)")
   print(f"TensorBoard: tensorboard --logdir {os.path.abspath(fv.workdir)}/tensorboard")
   print(f"more: yijax generate --ckpt={fv.workdir} --prompt='import ' --max_new_tokens=64 --temperature=0.8")
+  return 0
+
+
+def _samples(workdir: str, prompt_text: str, max_new_tokens: int) -> None:
+  from yijax.data.tokenizer import Tokenizer
+  from yijax.eval.generate import Generator, Sampling
+  from yijax.train import params_io
+
+  location = params_io.locate_model(workdir)
+  model_config, params = params_io.load_model(workdir)
+  tokenizer = Tokenizer(location.tokenizer)
+  prompt = tokenizer.encode(prompt_text, add_bos=True)
+  generator = Generator(model_config, params)
+  for name, sampling in (("greedy", Sampling()), ("sampled (T=0.8, top_p=0.95)", Sampling(0.8, 0, 0.95))):
+    ids = generator.generate([prompt], max_new_tokens, sampling, seed=0, stop_ids=[tokenizer.eos_id])[0]
+    print(f"\n--- {name} ---\n{prompt_text}{tokenizer.decode([i for i in ids if i != tokenizer.eos_id])}")
+
+
+def _own_text(fv, start: float) -> int:
+  from yijax.train import own_text
+
+  out = own_text.train_on_text(fv.text, fv.workdir, fv.budget_s, fv.seed)
+  plan, result = out["plan"], out["result"]
+  print(f"\nrecipe: {plan['recipe']}; {plan['steps']} steps at {plan['step_time_s']:.3f} s/step (measured)")
+  print(f"held-out ({plan['heldout_bytes']:,} bytes, the last 10% of each file): "
+        f"bits/byte {result['eval/bits_per_byte']:.4f}  loss {result['eval/loss']:.4f}")
+  prompt = fv.prompt if fv.prompt != "def " else "\n"
+  _samples(fv.workdir, prompt, fv.max_new_tokens)
+  print(f"\nrun dir (a model dir): {os.path.abspath(fv.workdir)}  ({time.time() - start:.0f} s of a "
+        f"{fv.budget_s:.0f} s budget)")
+  print(f"score other text: yijax prepare --source=x=FILE --tokenizer={fv.workdir} --out=DATA && "
+        f"yijax eval --ckpt={fv.workdir} --data=DATA")
   return 0

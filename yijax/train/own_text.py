@@ -1,0 +1,169 @@
+"""Train a small model on your own text within a wall-time budget (`yijax quickstart --text=FILES`).
+
+  1. split    each file: the first 90% of its bytes to train on, the rest (cut at a line end) held out
+  2. tokenize a sentencepiece tokenizer trained on the train part, both parts prepared (yijax prepare)
+  3. measure  a few steps of the recipe, to learn the step time on this machine (the compile is cached)
+  4. train    as many steps as the remaining budget holds, with the warmup and cosine schedule fitted to
+              them, the held-out part scored whole at the end (bits per byte)
+
+Everything lands in WORKDIR, an ordinary run and model directory (config, checkpoints, tokenizer.model),
+so `yijax generate --ckpt=WORKDIR`, `yijax prepare --tokenizer=WORKDIR` and `yijax eval --ckpt=WORKDIR`
+work on it. WORKDIR/quickstart.json records the split, the recipe, the measured step time and the steps;
+rerunning the same command resumes the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Sequence
+
+from yijax.errors import ConfigError, DataError, MissingFileError
+
+HELD_OUT = 0.1
+PLAN = "quickstart.json"
+MIN_STEPS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Model shape, vocabulary, sequence length, batch and learning rate of a budgeted run."""
+
+  vocab_size: int = 1024
+  hidden_size: int = 192
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  mlp_dim: int = 512
+  seq_len: int = 128
+  batch_size: int = 16
+  lr: float = 3e-3
+  warmup_fraction: float = 0.05
+
+
+def recipe_for(budget_s: float) -> Recipe:
+  """The recipe a budget picks (provisional: the measured sweep of issue 19 replaces these values)."""
+  if budget_s <= 150:
+    return Recipe(vocab_size=512, hidden_size=128, mlp_dim=352)
+  return Recipe()
+
+
+def split_text(files: Sequence[str], out_dir: str, held_out: float = HELD_OUT) -> dict:
+  """Writes out_dir/train/<i>.txt and out_dir/heldout/<i>.txt for each file; returns their byte counts."""
+  missing = [f for f in files if not os.path.isfile(f)]
+  if missing:
+    raise MissingFileError(f"--text: {missing} not found (give text files, comma-separated)")
+  counts = {"train_bytes": 0, "heldout_bytes": 0, "files": list(files)}
+  for split in ("train", "heldout"):
+    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+  for i, path in enumerate(files):
+    raw = open(path, "rb").read()
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise DataError(f"--text: {path} is not UTF-8 text ({e})") from None
+    if len(text.strip()) < 1000:
+      raise DataError(f"--text: {path} holds {len(text.strip())} characters; give at least a few kilobytes")
+    cut = text.find("\n", int(len(text) * (1 - held_out)))
+    cut = int(len(text) * (1 - held_out)) if cut < 0 else cut + 1
+    parts = {"train": text[:cut], "heldout": text[cut:]}
+    for split, part in parts.items():
+      with open(os.path.join(out_dir, split, f"{i:03d}.txt"), "w", encoding="utf-8") as f:
+        f.write(part)
+      counts[f"{split}_bytes"] += len(part.encode("utf-8"))
+  return counts
+
+
+def prepare_text(files: Sequence[str], workdir: str, recipe: Recipe) -> tuple[str, dict]:
+  """(prepared dir, split counts): the split, the tokenizer and both prepared splits (skipped when done)."""
+  from yijax.data import prepare, tokenizer
+
+  data = os.path.join(workdir, "data")
+  counts_file = os.path.join(data, "split.json")
+  if os.path.exists(counts_file):
+    counts = json.load(open(counts_file))
+  else:
+    counts = split_text(files, data)
+    json.dump(counts, open(counts_file, "w"), indent=1)
+  train = sorted(os.path.join(data, "train", n) for n in os.listdir(os.path.join(data, "train")))
+  heldout = sorted(os.path.join(data, "heldout", n) for n in os.listdir(os.path.join(data, "heldout")))
+  tok_dir = os.path.join(data, "tokenizer")
+  if not os.path.exists(os.path.join(tok_dir, tokenizer.MODEL_FILE)):
+    tokenizer.train_tokenizer(train, recipe.vocab_size, tok_dir)
+  prepared = os.path.join(data, "prepared")
+  specs = [prepare.SourceSpec("text", "train", tuple(train), file_format="text"),
+           prepare.SourceSpec("text", "validation", tuple(heldout), file_format="text")]
+  manifest = prepare.prepare(specs, os.path.join(tok_dir, tokenizer.MODEL_FILE), prepared, num_workers=1,
+                             progress=False)
+  counts["heldout_tokens"] = manifest["splits"]["validation"]["text"]["tokens"]
+  return prepared, counts
+
+
+def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, seed: int = 0):
+  from yijax.models import presets
+  from yijax.train.config import base_config
+
+  config = base_config("tiny")
+  config.model = presets.config_dict(
+      "tiny", vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
+      num_heads=recipe.num_heads, num_kv_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
+      mlp_dim=recipe.mlp_dim, max_seq_len=max(recipe.seq_len, 128))
+  config.data.prepared_dir = prepared
+  config.data.sources = {"text": 1.0}
+  config.train.steps = steps
+  config.train.batch_size = recipe.batch_size
+  config.train.seq_len = recipe.seq_len
+  config.train.seed = seed
+  config.train.progress_bar = False
+  config.optimizer.lr = recipe.lr
+  config.optimizer.warmup_steps = max(1, int(math.ceil(recipe.warmup_fraction * steps)))
+  config.checkpoint.every_steps = steps
+  config.checkpoint.keep_last = 1
+  config.checkpoint.async_save = False
+  config.eval.every_steps = 0
+  config.eval.batches = eval_batches
+  config.eval.batch_size = recipe.batch_size
+  return config
+
+
+def step_time(workdir: str, skip: int = 2) -> float:
+  """The median step time of a run's metrics after its first `skip` steps (compile and warm-up)."""
+  times = [json.loads(line)["step_time"] for line in open(os.path.join(workdir, "metrics.jsonl"))][skip:]
+  if not times:
+    raise ConfigError("the measuring run logged no steps after its warm-up")
+  return sorted(times)[len(times) // 2]
+
+
+def train_on_text(files: Sequence[str], workdir: str, budget_s: float, seed: int = 0,
+                  recipe: Recipe | None = None) -> dict:
+  """The whole budgeted run; returns the plan and the final metrics (held-out bits per byte included)."""
+  from yijax.train import loop
+
+  start = time.time()
+  if budget_s < 30:
+    raise ConfigError(f"--budget_s={budget_s} is too small: tokenizer, preparation and one compile alone take "
+                      "about 20 s on 2 CPU cores; give at least 30")
+  os.makedirs(workdir, exist_ok=True)
+  plan_path = os.path.join(workdir, PLAN)
+  plan = json.load(open(plan_path)) if os.path.exists(plan_path) else None
+  recipe = Recipe(**plan["recipe"]) if plan else (recipe or recipe_for(budget_s))
+  prepared, counts = prepare_text(files, workdir, recipe)
+  eval_batches = max(1, math.ceil(counts["heldout_tokens"] / (recipe.batch_size * recipe.seq_len)) + 1)
+  if plan is None:
+    measure_dir = os.path.join(workdir, "data", "measure")
+    loop.train(run_config(recipe, prepared, 8, 0, seed), measure_dir)
+    seconds = step_time(measure_dir)
+    # the final held-out pass is forward only (about a third of a step per batch) and the save a second or two
+    reserve = 3.0 + eval_batches * seconds / 3 + 0.03 * budget_s
+    steps = max(MIN_STEPS, int((budget_s - (time.time() - start) - reserve) / seconds))
+    if steps == MIN_STEPS:
+      print(f"the budget of {budget_s:.0f} s leaves less than {MIN_STEPS} steps of {seconds:.2f} s after "
+            f"preparation and measuring ({time.time() - start:.0f} s); training {MIN_STEPS} steps anyway", flush=True)
+    plan = {"recipe": dataclasses.asdict(recipe), "step_time_s": seconds, "steps": steps, "seed": seed,
+            "budget_s": budget_s, "eval_batches": eval_batches, **counts}
+    json.dump(plan, open(plan_path, "w"), indent=1)
+  result = loop.train(run_config(recipe, prepared, plan["steps"], eval_batches, plan["seed"]), workdir)
+  return {"plan": plan, "result": result, "seconds": time.time() - start}

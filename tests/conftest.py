@@ -24,7 +24,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # cycles: marked slow, so `python -m pytest -m "not slow" -n 2` is the quick inner loop (CI runs all)
 SLOW_MODULES = ("tests/studies/", "tests/test_notebooks.py", "tests/train/test_multiprocess.py",
                 "tests/train/test_gcs.py", "tests/train/test_resume.py", "tests/train/test_integrity.py",
-                "tests/unlearning/test_study.py", "tests/test_expert_parallel.py", "tests/eval/test_eval_run_dir.py")
+                "tests/unlearning/test_study.py", "tests/test_expert_parallel.py", "tests/eval/test_eval_run_dir.py",
+                "tests/train/test_own_text.py")
 
 
 def pytest_collection_modifyitems(config, items):

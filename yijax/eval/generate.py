@@ -45,7 +45,9 @@ class Sampling:
 
 
 def check_length(prompt_tokens: int, max_new_tokens: int, max_seq_len: int) -> None:
-  """A prompt plus the tokens to generate must fit the model's positions (model.max_seq_len)."""
+  """A prompt plus the tokens to generate must fit the model's positions (model.max_seq_len): what `yijax
+  generate` checks before loading weights. The library's Generator does not, so that extrapolation studies
+  (the needle test before context extension) can run a model past its trained length."""
   if max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
   if prompt_tokens + max_new_tokens > max_seq_len:
@@ -137,8 +139,7 @@ class Generator:
       raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if len(stop_ids) > MAX_STOP_IDS:
       raise ConfigError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
-    longest = max(len(p) for p in prompts)
-    check_length(longest, max_new_tokens, self.config.max_seq_len)
+    longest = max(len(p) for p in prompts)  # beyond max_seq_len is allowed here: RoPE extrapolation studies
     bucket = _bucket(longest)
     cache_len = _round_up(bucket + max_new_tokens, 128)
     tokens = np.zeros((len(prompts), bucket), np.int32)

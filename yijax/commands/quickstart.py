@@ -79,8 +79,11 @@ def _own_text(fv, start: float) -> int:
   out = own_text.train_on_text(fv.text, fv.workdir, fv.budget_s, fv.seed)
   plan, result = out["plan"], out["result"]
   print(f"\nrecipe: {plan['recipe']}; {plan['steps']} steps at {plan['step_time_s']:.3f} s/step (measured)")
+  del result  # a rerun of a finished run returns no evaluation: read the final one from eval.jsonl
+  with open(os.path.join(fv.workdir, "eval.jsonl")) as f:
+    final = json.loads(f.read().splitlines()[-1])
   print(f"held-out ({plan['heldout_bytes']:,} bytes, the last 10% of each file): "
-        f"bits/byte {result['eval/bits_per_byte']:.4f}  loss {result['eval/loss']:.4f}")
+        f"bits/byte {final['bits_per_byte']:.4f}  loss {final['loss']:.4f}")
   prompt = fv.prompt if fv.prompt != "def " else "\n"
   _samples(fv.workdir, prompt, fv.max_new_tokens)
   print(f"\nrun dir (a model dir): {os.path.abspath(fv.workdir)}  ({time.time() - start:.0f} s of a "

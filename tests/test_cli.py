@@ -57,6 +57,11 @@ def test_roundtrip_demo_and_generate(tmp_path, capsys):
   records = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["prompt_ids"] for r in records] == [[1, 2, 3], [4, 5]]
   assert all(len(r["token_ids"]) == 3 for r in records)
+  # --output=- : the same records as JSONL on stdout, and nothing else there (for pipes)
+  capsys.readouterr()
+  assert cli.main(["yijax", "generate", f"--ckpt={tmp_path / 'reimported'}", "--prompt_ids=1,2,3",
+                   "--prompt_ids=4,5", "--max_new_tokens=3", "--output=-"]) == 0
+  assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == records
 
 
 def test_generate_errors(tmp_path, capsys):

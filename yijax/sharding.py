@@ -184,6 +184,11 @@ def data_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def stacked(batch_sharding: NamedSharding) -> NamedSharding:
+  """The sharding of [k, ...] stacks of batches sharded as `batch_sharding` (k steps in one call)."""
+  return NamedSharding(batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))
+
+
 def barrier(name: str) -> None:
   """Waits for every process (a no-op with one process)."""
   if jax.process_count() > 1:

@@ -74,6 +74,10 @@ def test_lengths_and_depths_follow_the_protocol():
   assert needle.needle_depths(10) == [0, 11, 22, 33, 44, 56, 67, 78, 89, 100]
   with pytest.raises(ValueError, match="--min_length=2000 .* --max_length=1024"):
     needle.context_lengths(2000, 1024, 40)
+  # no --min_length: 1000 tokens, or max_length / num_lengths below that, so a short --max_length still works
+  assert needle.default_min_length(131_072, 40) == 1000
+  assert needle.default_min_length(512, 8) == 64
+  assert needle.context_lengths(needle.default_min_length(512, 8), 512, 8) == [64, 128, 192, 256, 320, 384, 448, 512]
 
 
 def test_prompt_layout_places_the_needle_on_a_boundary(tokenizer, haystack_file):

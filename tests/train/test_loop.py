@@ -224,3 +224,28 @@ def test_batch_growth_on_the_smoothed_loss():
   losses = [5.0, 4.6, 4.7, 4.65, 4.2, 4.3, 4.25] + [3.9] * 8
   assert sizes_after(losses, 0.0) == [8, 8, 8, 16, 16, 16] + [32] * 9
   assert sizes_after(losses, 0.5) == [8] * 13 + [16, 16]
+
+
+def test_several_steps_per_call_match_step_by_step(tmp_path, prepared_data):
+  # k steps per compiled call (a scan over k batches) is the same training: the same data, losses and
+  # parameters, evaluations and checkpoints on the same steps; a resumed run (stop_after) continues it exactly
+  overrides = {"train.steps": 8, "checkpoint.every_steps": 4, "eval.batches": 1, "eval.every_steps": 4,
+               "checkpoint.keep_last": 10, "checkpoint.keep_log_spaced": 0}
+  one = loop.train(_config(prepared_data, **overrides), str(tmp_path / "one"))
+  four = loop.train(_config(prepared_data, **overrides, **{"train.steps_per_call": 4}), str(tmp_path / "four"))
+  np.testing.assert_allclose(_losses(tmp_path / "four"), _losses(tmp_path / "one"), rtol=2e-5)
+  assert len(_losses(tmp_path / "four")) == 8
+  evals = lambda d: [json.loads(line)["step"] for line in open(d / "eval.jsonl")]
+  assert evals(tmp_path / "four") == evals(tmp_path / "one") == [4, 8]
+  saved = lambda d: sorted(int(n) for n in os.listdir(d / "checkpoints") if n.isdigit())
+  assert saved(tmp_path / "four") == saved(tmp_path / "one") == [4, 8]
+  np.testing.assert_allclose(four["eval/loss"], one["eval/loss"], rtol=2e-5)
+  # interrupted after 6 steps (a call of 4, then of 2) and resumed (a call of 2): the same run
+  resumed = tmp_path / "resumed"
+  loop.train(_config(prepared_data, **overrides, **{"train.steps_per_call": 4, "train.stop_after": 6}), str(resumed))
+  loop.train(_config(prepared_data, **overrides, **{"train.steps_per_call": 4}), str(resumed))
+  np.testing.assert_allclose(_losses(resumed)[-2:], _losses(tmp_path / "one")[-2:], rtol=2e-5)
+  _, a = params_io.load_model(str(tmp_path / "one"))
+  _, b = params_io.load_model(str(resumed))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

@@ -11,7 +11,7 @@ list per model size. Every function here is plain numpy over those records:
   tokens_to_leave_chance   first tokens at which a metric is 2 se above chance
   tokens_to_half_gain      first tokens at which half of the final gain is reached
   loss_decoupling          downstream metrics against validation loss, counting only changes beyond 2 se
-and plots of each (matplotlib, Agg).
+and plots of each (matplotlib's Figure API).
 
 Rank agreement (Spearman) between two curves that both rise says nothing (it is 1 for any two monotone
 curves), so shapes are compared by distances between normalised curves, and timing by tokens to leave
@@ -166,12 +166,9 @@ def loss_decoupling(loss_traj: np.ndarray, metric_traj: np.ndarray, key=("", "")
 
 
 def _plt():
-  import matplotlib
+  from yijax.analysis.plots import figures
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
+  return figures
 
 
 def plot_curves(by_size: dict[str, dict], path: str, x: str = "tokens") -> None:

@@ -5,6 +5,25 @@ from __future__ import annotations
 from typing import Sequence
 
 
+class _Figures:
+  """pyplot's `subplots` and `close` on matplotlib's Figure API: report code draws through these, so no
+  library call switches the process's matplotlib backend or keeps figures in pyplot's global registry."""
+
+  @staticmethod
+  def subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True, **kwargs):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
+
+  @staticmethod
+  def close(figure) -> None:
+    del figure  # a Figure not registered with pyplot is freed with its last reference
+
+
+figures = _Figures()
+
+
 def per_seed_points(path: str, values: dict[str, Sequence[float]], ylabel: str) -> None:
   """One column per arm: each seed's value as a dot, the seed mean as a bar with +-2 standard errors."""
   from matplotlib.figure import Figure

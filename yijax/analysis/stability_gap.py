@@ -130,10 +130,7 @@ def table(results: dict, labels: dict) -> list[str]:
 
 def plot(curves: dict, keys: dict, results: dict, out_dir: str) -> list[str]:
   """curves.png (domain acc, general acc, domain loss against tokens; dips marked) and relative_update.png."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from yijax.analysis.plots import figures as plt
 
   panels = [("domain_acc", "domain task accuracy (world-B QA)"), ("general_acc", "general accuracy (held-out world-A QA)"),
             ("domain_loss", "held-out domain loss (nats/token)")]

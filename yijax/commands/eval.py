@@ -55,7 +55,8 @@ def _define_needle_flags(fv):
   from yijax.eval import needle
 
   flags.DEFINE_string("out", None, "needle: directory for needle.jsonl and needle.png", flag_values=fv)
-  flags.DEFINE_integer("min_length", 1000, "needle: shortest context, in tokens", flag_values=fv)
+  flags.DEFINE_integer("min_length", 0, "needle: shortest context, in tokens (0 = 1000, or max_length / "
+                       "num_lengths when that is shorter)", flag_values=fv)
   flags.DEFINE_integer("max_length", 0, "needle: longest context (0 = the model's max_seq_len)", flag_values=fv)
   flags.DEFINE_integer("num_lengths", 40, "needle: context lengths, evenly spaced", flag_values=fv)
   flags.DEFINE_integer("num_depths", 10, "needle: needle depths, evenly spaced over 0..100%", flag_values=fv)

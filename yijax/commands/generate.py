@@ -22,7 +22,8 @@ def define_flags(fv, argv):
   flags.DEFINE_integer("seed", 0, "PRNG seed for sampling", flag_values=fv)
   flags.DEFINE_list("stop_ids", None, "stop token ids (default: the tokenizer's eos)", flag_values=fv)
   flags.DEFINE_boolean("add_bos", True, "prepend the tokenizer's bos to text prompts", flag_values=fv)
-  flags.DEFINE_string("output", None, "write one JSON object per prompt to this .jsonl file", flag_values=fv)
+  flags.DEFINE_string("output", None, "write one JSON object per prompt to this .jsonl file (- : to stdout, "
+                      "with nothing else there)", flag_values=fv)
   flags.DEFINE_string("dtype", None, "compute dtype (default: the model's)", flag_values=fv)
 
 
@@ -72,10 +73,15 @@ def run(fv, args):
       record["prompt"] = tokenizer.decode(prompt)
       record["text"] = tokenizer.decode([i for i in ids if i not in stop_ids])
     records.append(record)
+  if fv.output == "-":  # JSONL on stdout, for pipes: no other line there
+    for record in records:
+      sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+    return 0
   if fv.output:
-    with open(fv.output, "w") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
+    from yijax import paths
+
+    paths.write_text(fv.output, "".join(json.dumps(record) + "\n" for record in records))
   for record in records:
     line = record.get("text", " ".join(map(str, record["token_ids"])))
     print(f"{record.get('prompt', record['prompt_ids'])!r} -> {line!r}", file=sys.stdout)

@@ -21,7 +21,7 @@ def define_flags(fv, argv):
   flags.DEFINE_string("workdir", "runs/quickstart", "run directory (rerun to resume)", flag_values=fv)
   flags.DEFINE_integer("steps", 300, "training steps (tiny model, batch 8 x 256 tokens)", flag_values=fv)
   flags.DEFINE_string("prompt", "def ", "prompt for the samples", flag_values=fv)
-  flags.DEFINE_integer("max_new_tokens", 48, "tokens per sample", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 48, "tokens per sample (0: no samples)", flag_values=fv)
   flags.DEFINE_list("text", None, "your own text files: train a tokenizer and a model on their first 90%, score "
                     "bits per byte on the rest", flag_values=fv)
   flags.DEFINE_float("budget_s", 300.0, "with --text: wall-time budget in seconds, everything included",
@@ -59,6 +59,8 @@ def run(fv, args):
 
 
 def _samples(workdir: str, prompt_text: str, max_new_tokens: int) -> None:
+  if max_new_tokens <= 0:
+    return
   from yijax.data.tokenizer import Tokenizer
   from yijax.eval.generate import Generator, Sampling
   from yijax.train import params_io
@@ -86,8 +88,8 @@ def _own_text(fv, start: float) -> int:
         f"bits/byte {final['bits_per_byte']:.4f}  loss {final['loss']:.4f}")
   prompt = fv.prompt if fv.prompt != "def " else "\n"
   _samples(fv.workdir, prompt, fv.max_new_tokens)
-  print(f"\nrun dir (a model dir): {os.path.abspath(fv.workdir)}  ({time.time() - start:.0f} s of a "
-        f"{fv.budget_s:.0f} s budget)")
+  print(f"\nrun dir (a model dir): {os.path.abspath(fv.workdir)}  (trained and scored in {plan['seconds']:.0f} s "
+        f"of a {fv.budget_s:.0f} s budget; {time.time() - start:.0f} s with the samples)")
   print(f"score other text: yijax prepare --source=x=FILE --tokenizer={fv.workdir} --out=DATA && "
         f"yijax eval --ckpt={fv.workdir} --data=DATA")
   return 0

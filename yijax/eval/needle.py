@@ -96,6 +96,15 @@ def score_output(output: str, answer: str) -> float:
   return sum(word in found for word in wanted) / len(wanted)
 
 
+DEFAULT_MIN_LENGTH = 1000
+
+
+def default_min_length(max_length: int, num_lengths: int) -> int:
+  """The shortest context when none is given: 1000 tokens, or max_length / num_lengths when that is
+  shorter (a short model or a small --max_length), so the grid still spans up to max_length."""
+  return min(DEFAULT_MIN_LENGTH, max(1, max_length // max(num_lengths, 1)))
+
+
 def context_lengths(min_length: int, max_length: int, num_lengths: int) -> list[int]:
   """`num_lengths` lengths evenly spaced over [min_length, max_length], rounded, duplicates dropped."""
   if num_lengths < 1:
@@ -359,7 +368,7 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
   figure.savefig(path, dpi=120)
 
 
-def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int = 1000, max_length: int = 0,
+def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int = 0, max_length: int = 0,
                     num_lengths: int = 40, num_depths: int = 10, haystack_path: str | None = None,
                     task: NeedleTask = NeedleTask(), max_new_tokens: int = 50, batch_size: int = 8,
                     add_bos: bool = False, model_id: str = "",
@@ -368,6 +377,7 @@ def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int 
   from yijax.eval.generate import Generator
 
   max_length = max_length or config.max_seq_len
+  min_length = min_length or default_min_length(max_length, num_lengths)
   lengths = context_lengths(min_length, max_length, num_lengths)
   depths = needle_depths(num_depths)
   if haystack_path is not None:

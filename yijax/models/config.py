@@ -54,6 +54,7 @@ class ModelConfig:
   # auto = ring; none = leave the sharded kernel to XLA's partitioner
   context_parallel: str = "auto"
   remat_policy: str = "none"
+  scan_unroll: int = 1                 # layers per step of the layer scan (compute only; >1 can help small models)
   # --- hybrid attention (Yi-Lightning) ---
   attention_pattern: str = ""          # per-layer kinds repeated over the layers: F = full, S = sliding
   sliding_window: int = 0              # tokens a sliding layer sees (itself included)
@@ -146,7 +147,7 @@ class ModelConfig:
 
   def validate(self) -> "ModelConfig":
     """Raises ConfigError naming the field and the fix; returns self."""
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "scan_unroll"):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")

@@ -184,6 +184,7 @@ class Transformer(nn.Module):
           split_rngs={"params": True},
           in_axes=(nn.broadcast, nn.broadcast, 0),
           length=length,
+          unroll=max(1, min(cfg.scan_unroll, length)),
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, name=name, **kwargs))
     self.stacks = stacks

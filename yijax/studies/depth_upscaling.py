@@ -148,10 +148,7 @@ def _table(results) -> list[str]:
 
 
 def _plots(results, workdir) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from yijax.analysis.plots import figures as plt
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   trend = [(t, v) for t, v in results["cosine_trend"] if v is not None]

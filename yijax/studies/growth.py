@@ -90,10 +90,7 @@ def _table(results) -> list[str]:
 
 
 def _plot(results, workdir) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from yijax.analysis.plots import figures as plt
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
   curves = {"scratch": results["scratch"]["curve"], **{a: r["curve"] for a, r in results["arms"].items()}}

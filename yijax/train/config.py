@@ -36,11 +36,14 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.train.vocab_chunk = 8192       # cross entropy in vocabulary chunks of this size (0 = whole vocab)
   c.train.max_nonfinite = 5        # halt after this many non-finite steps in a row (skipped, counted)
   c.train.log_every = 1            # write metrics every N steps
+  c.train.steps_per_call = 1       # optimizer steps per compiled call (k > 1: a scan over k batches, no host
+                                   # sync between them; evals and checkpoints still land on their steps)
   c.train.init_from = ""           # model dir / run dir to start from (continual pretraining); "" = scratch
   # run dir / checkpoint step dir / `yijax surgery` output whose data-iterator state a fresh run starts
   # from (continue the source run's data stream after growth; same data config, seq_len and batch); "" = start
   c.train.init_data_state_from = ""
   c.train.progress_bar = True      # tqdm bar with tokens/s and ETA (process 0)
+  c.train.tensorboard = True       # also write TensorBoard events (metrics.jsonl is always written)
   c.train.stop_after = 0           # end this invocation after N steps (0 = run to train.steps); resumable
   c.train.objective = "lm"         # "lm" or "package.module:function" (train/objectives.py)
   c.train.reference_from = ""      # model dir of a frozen reference model the objective reads ("" = none)

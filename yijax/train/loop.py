@@ -143,18 +143,26 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   growth = BatchGrowth(config, meta)
   step_fns: dict[int, Any] = {}
 
-  def step_fn_for(accumulate: int):
-    """The jitted step for `accumulate` iterator batches per step (compiled once per value)."""
-    if accumulate not in step_fns:
+  steps_per_call = int(config.train.get("steps_per_call", 1) or 1)
+  stacked_sharding = sharding.stacked(data_sharding)
+
+  def step_fn_for(accumulate: int, k: int = 1):
+    """The jitted call of `k` steps of `accumulate` iterator batches each (compiled once per pair)."""
+    if (accumulate, k) not in step_fns:
       train_step = step_lib.make_train_step(
           model_config, optimizer, schedule, config.train.z_loss, config.train.vocab_chunk,
           config.train.microbatches * accumulate, config.train.objective, freeze,
           _objective_options(config))
+      fn = train_step
+      if k > 1:  # k optimizer steps in one call: no dispatch or host sync between them
+        def fn(state, batches, reference=None):
+          return jax.lax.scan(lambda s, b: train_step(s, b, reference), state, batches)
       with sharding.use_mesh(mesh, rules):
-        step_fns[accumulate] = jax.jit(
-            train_step, in_shardings=(shardings, data_sharding, None if reference is None else shardings.params),
+        step_fns[accumulate, k] = jax.jit(
+            fn, in_shardings=(shardings, data_sharding if k == 1 else stacked_sharding,
+                              None if reference is None else shardings.params),
             out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return step_fns[accumulate]
+    return step_fns[accumulate, k]
 
   evaluate = _held_out_evaluator(config, model_config, mesh, rules, shardings.params, plan)
   initial_params = None
@@ -162,7 +170,7 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
     initial_params = jax.device_get(_initial_params(config, model_config, optimizer, mesh, rules, shardings,
                                                     abstract, logical, state if resume_step is None else None))
     evaluate = _with_relative_update(evaluate, model_config, initial_params, config.eval.relative_update_k)
-  writer = metrics_lib.MetricsWriter(workdir, start)
+  writer = metrics_lib.MetricsWriter(workdir, start, tensorboard=bool(config.train.get("tensorboard", True)))
   per_token_flops = flops.train_flops_per_token(model_config, config.train.seq_len)
   end = config.train.steps if not config.train.stop_after else min(config.train.steps, start + config.train.stop_after)
   progress = metrics_lib.Progress(config.train.steps, start, config.train.progress_bar)
@@ -180,36 +188,44 @@ def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
 
   try:
     with _Preemption() as preemption:
-      for step_number in range(start + 1, end + 1):
-        parts = [next(iterator) for _ in range(growth.accumulate)]
-        local = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        batch = _batch_to_device(local, data_sharding)
-        with sharding.use_mesh(mesh, rules):
-          state, step_metrics = step_fn_for(growth.accumulate)(state, batch, reference)
-        step_metrics = jax.device_get(step_metrics)
-        real_tokens = int(np.sum(np.asarray(local["segment_ids"]) != 0)) * jax.process_count()
-        meta["tokens_seen"] += real_tokens
-        tokens_per_s, step_time = throughput.tick(
-            growth.accumulate * config.train.batch_size * config.train.seq_len)
-        step_metrics["batch_size"] = growth.accumulate * config.train.batch_size
-        if step_metrics["finite"]:
-          meta["nonfinite_in_a_row"] = 0
+      step_number = start
+      while step_number < end:
+        k = _call_length(step_number, end, steps_per_call, eval_every if evaluate else 0, checkpointer)
+        locals_ = []
+        for _ in range(k):
+          parts = [next(iterator) for _ in range(growth.accumulate)]
+          locals_.append(parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]})
+        if k == 1:
+          batch = _batch_to_device(locals_[0], data_sharding)
         else:
-          meta["nonfinite_in_a_row"] += 1
-          meta["nonfinite_total"] += 1
-        last = {**step_metrics, "tokens_seen": meta["tokens_seen"], "tokens_per_s": tokens_per_s,
-                "step_time": step_time, "nonfinite_total": meta["nonfinite_total"]}
-        util = flops.mfu(tokens_per_s, per_token_flops)
-        if util is not None:
-          last["mfu"] = util
-        if step_number % config.train.log_every == 0 or step_number == end:
-          writer.write(step_number, last)
-        progress.update(step_number, float(step_metrics["loss"]), tokens_per_s)
-        if meta["nonfinite_in_a_row"] >= config.train.max_nonfinite:
-          raise TrainingHalted(
-              f"{meta['nonfinite_in_a_row']} non-finite steps in a row at step {step_number} "
-              f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
-              "Lower optimizer.lr, raise warmup, or check the data")
+          batch = _batch_to_device({n: np.stack([b[n] for b in locals_]) for n in locals_[0]}, stacked_sharding)
+        with sharding.use_mesh(mesh, rules):
+          state, call_metrics = step_fn_for(growth.accumulate, k)(state, batch, reference)
+        call_metrics = jax.device_get(call_metrics)
+        tokens_per_s, call_time = throughput.tick(k * growth.accumulate * config.train.batch_size * config.train.seq_len)
+        for i, local in enumerate(locals_):
+          step_number += 1
+          step_metrics = call_metrics if k == 1 else {n: v[i] for n, v in call_metrics.items()}
+          meta["tokens_seen"] += int(np.sum(np.asarray(local["segment_ids"]) != 0)) * jax.process_count()
+          step_metrics["batch_size"] = growth.accumulate * config.train.batch_size
+          if step_metrics["finite"]:
+            meta["nonfinite_in_a_row"] = 0
+          else:
+            meta["nonfinite_in_a_row"] += 1
+            meta["nonfinite_total"] += 1
+          last = {**step_metrics, "tokens_seen": meta["tokens_seen"], "tokens_per_s": tokens_per_s,
+                  "step_time": call_time / k, "nonfinite_total": meta["nonfinite_total"]}
+          util = flops.mfu(tokens_per_s, per_token_flops)
+          if util is not None:
+            last["mfu"] = util
+          if step_number % config.train.log_every == 0 or step_number == end:
+            writer.write(step_number, last)
+          progress.update(step_number, float(step_metrics["loss"]), tokens_per_s)
+          if meta["nonfinite_in_a_row"] >= config.train.max_nonfinite:
+            raise TrainingHalted(
+                f"{meta['nonfinite_in_a_row']} non-finite steps in a row at step {step_number} "
+                f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
+                "Lower optimizer.lr, raise warmup, or check the data")
         if evaluate and eval_every and step_number % eval_every == 0 and step_number != end:
           results = _run_evals(evaluate, evaluators, state.params, step_number)
           growth.observe(results.get("loss"))
@@ -270,6 +286,18 @@ class BatchGrowth:
         not self.cfg.max_batch_size or grown * self.base <= self.cfg.max_batch_size):
       self.meta["batch_accumulate"], self.meta["growth_stale"] = grown, 0
       print(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}", flush=True)
+
+
+def _call_length(step: int, end: int, steps_per_call: int, eval_every: int, checkpointer) -> int:
+  """Steps in the next compiled call after `step`: up to steps_per_call, ending at the next evaluation,
+  checkpoint or the end, so those happen between calls exactly where they would step by step."""
+  k = 1
+  while k < steps_per_call and step + k < end:
+    s = step + k
+    if (eval_every and s % eval_every == 0) or checkpointer.due(s, end):
+      break
+    k += 1
+  return k
 
 
 def _objective_options(config) -> dict:

@@ -2,7 +2,7 @@
 
   1. split    each file: the first 90% of its bytes to train on, the rest (cut at a line end) held out
   2. tokenize a sentencepiece tokenizer trained on the train part, both parts prepared (yijax prepare)
-  3. measure  a few steps of the recipe, to learn the step time on this machine (the compile is cached)
+  3. measure  a few train steps of the recipe on random tokens, to learn the step time on this machine
   4. train    as many steps as the remaining budget holds, with the warmup and cosine schedule fitted to
               them, the held-out part scored whole at the end (bits per byte)
 
@@ -26,6 +26,8 @@ from yijax.errors import ConfigError, DataError, MissingFileError
 HELD_OUT = 0.1
 PLAN = "quickstart.json"
 MIN_STEPS = 5
+LOOP_OVERHEAD = 1.1
+RUN_START_S = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +40,10 @@ class Recipe:
   num_heads: int = 4
   num_kv_heads: int = 4
   mlp_dim: int = 512
+  scan_unroll: int = 0  # layers unrolled in the layer scan (0 = all: faster small-model steps on CPU)
   seq_len: int = 128
   batch_size: int = 16
+  steps_per_call: int = 4  # optimizer steps per compiled call (no dispatch or host sync between them)
   lr: float = 3e-3
   warmup_fraction: float = 0.05
 
@@ -110,7 +114,8 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
   config.model = presets.config_dict(
       "tiny", vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
       num_heads=recipe.num_heads, num_kv_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
-      mlp_dim=recipe.mlp_dim, max_seq_len=max(recipe.seq_len, 128))
+      mlp_dim=recipe.mlp_dim, max_seq_len=max(recipe.seq_len, 128),
+      scan_unroll=recipe.scan_unroll or recipe.num_layers)
   config.data.prepared_dir = prepared
   config.data.sources = {"text": 1.0}
   config.train.steps = steps
@@ -118,6 +123,8 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
   config.train.seq_len = recipe.seq_len
   config.train.seed = seed
   config.train.progress_bar = False
+  config.train.steps_per_call = recipe.steps_per_call
+  config.train.tensorboard = False  # importing its writer alone costs seconds of a small budget
   config.optimizer.lr = recipe.lr
   config.optimizer.warmup_steps = max(1, int(math.ceil(recipe.warmup_fraction * steps)))
   config.checkpoint.every_steps = steps
@@ -129,12 +136,44 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
   return config
 
 
-def step_time(workdir: str, skip: int = 2) -> float:
-  """The median step time of a run's metrics after its first `skip` steps (compile and warm-up)."""
-  times = [json.loads(line)["step_time"] for line in open(os.path.join(workdir, "metrics.jsonl"))][skip:]
-  if not times:
-    raise ConfigError("the measuring run logged no steps after its warm-up")
-  return sorted(times)[len(times) // 2]
+def measure_step_time(config, steps: int = 6) -> tuple[float, float]:
+  """(seconds per train step, seconds of the first call) of a run config on this machine: its real step (same
+  model, batch, loss and optimizer) on random tokens, timed after the first call (the compile). No data,
+  checkpoint or logs."""
+  import jax
+  import numpy as np
+
+  from yijax import sharding
+  from yijax.train import optimizer as opt_lib, step as step_lib, validation
+
+  plan = validation.check_run_config(config)
+  tx, schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
+  mesh, rules, model_config = plan.mesh, plan.rules, plan.model_config
+  state = step_lib.init_state(model_config, tx, mesh, rules, config.train.seed)
+  _, shardings, _ = step_lib.state_shardings(model_config, tx, mesh, rules, config.train.seed)
+  train_step = step_lib.make_train_step(model_config, tx, schedule, config.train.z_loss, config.train.vocab_chunk,
+                                        config.train.microbatches)
+  k = int(config.train.get("steps_per_call", 1) or 1)
+  shape = (config.train.batch_size, config.train.seq_len)
+  rng = np.random.default_rng(0)
+  batch = {"tokens": rng.integers(0, model_config.vocab_size, shape).astype(np.int32),
+           "segment_ids": np.ones(shape, np.int32),
+           "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy()}
+  data = sharding.data_sharding(mesh, rules)
+  if k > 1:  # the loop's k-step call: a scan over k batches
+    batch = {name: np.stack([value] * k) for name, value in batch.items()}
+    data, step = sharding.stacked(data), train_step
+    train_step = lambda state, batches: jax.lax.scan(step, state, batches)
+  with sharding.use_mesh(mesh, rules):
+    fn = jax.jit(train_step, in_shardings=(shardings, data), donate_argnums=(0,))
+    batch = jax.device_put(batch, data)
+    times = []
+    for _ in range(max(2, -(-steps // k)) + 1):
+      start = time.perf_counter()
+      state, metrics = fn(state, batch)
+      jax.device_get(metrics)
+      times.append(time.perf_counter() - start)
+  return float(np.median(times[1:])) / k, times[0]
 
 
 def train_on_text(files: Sequence[str], workdir: str, budget_s: float, seed: int = 0,
@@ -153,17 +192,25 @@ def train_on_text(files: Sequence[str], workdir: str, budget_s: float, seed: int
   prepared, counts = prepare_text(files, workdir, recipe)
   eval_batches = max(1, math.ceil(counts["heldout_tokens"] / (recipe.batch_size * recipe.seq_len)) + 1)
   if plan is None:
-    measure_dir = os.path.join(workdir, "data", "measure")
-    loop.train(run_config(recipe, prepared, 8, 0, seed), measure_dir)
-    seconds = step_time(measure_dir)
-    # the final held-out pass is forward only (about a third of a step per batch) and the save a second or two
-    reserve = 3.0 + eval_batches * seconds / 3 + 0.03 * budget_s
+    prepared_s = time.time() - start
+    seconds, first_call = measure_step_time(run_config(recipe, prepared, 1000, 0, seed))
+    # the loop's own work per step (data, metrics, logging) adds about LOOP_OVERHEAD to the bare step; the
+    # run compiles again (its schedule differs), starts its data and writers (RUN_START_S), scores the held
+    # out part forward only (about a third of a step per batch) and saves
+    seconds *= LOOP_OVERHEAD
+    reserve = first_call + RUN_START_S + eval_batches * seconds / 3 + 0.04 * budget_s
     steps = max(MIN_STEPS, int((budget_s - (time.time() - start) - reserve) / seconds))
+    steps -= steps % recipe.steps_per_call if steps > recipe.steps_per_call else 0  # whole calls
     if steps == MIN_STEPS:
       print(f"the budget of {budget_s:.0f} s leaves less than {MIN_STEPS} steps of {seconds:.2f} s after "
             f"preparation and measuring ({time.time() - start:.0f} s); training {MIN_STEPS} steps anyway", flush=True)
     plan = {"recipe": dataclasses.asdict(recipe), "step_time_s": seconds, "steps": steps, "seed": seed,
+            "prepare_s": prepared_s, "measure_s": time.time() - start - prepared_s, "first_call_s": first_call,
             "budget_s": budget_s, "eval_batches": eval_batches, **counts}
     json.dump(plan, open(plan_path, "w"), indent=1)
   result = loop.train(run_config(recipe, prepared, plan["steps"], eval_batches, plan["seed"]), workdir)
-  return {"plan": plan, "result": result, "seconds": time.time() - start}
+  seconds = time.time() - start
+  if not plan.get("seconds"):
+    plan["seconds"] = seconds
+    json.dump(plan, open(plan_path, "w"), indent=1)
+  return {"plan": plan, "result": result, "seconds": seconds}

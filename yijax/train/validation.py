@@ -44,6 +44,8 @@ def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
   for dotted in ("train.steps", "train.batch_size", "train.seq_len", "train.microbatches",
                  "checkpoint.every_steps", "train.log_every"):
     _positive(config, dotted)
+  if config.train.get("steps_per_call") is not None:
+    _positive(config, "train.steps_per_call")
   train = config.train
   if train.seq_len > model_config.max_seq_len:
     raise ConfigError(

@@ -128,10 +128,7 @@ def _yes(flag: bool) -> str:
 
 def plot(results: dict, path: str, general: str) -> None:
   """Forget vs general perplexity across learning rates, one line per method, one panel per epoch count."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from yijax.analysis.plots import figures as plt
 
   arms = list(results["arms"].values())
   epochs = sorted({a["epochs"] for a in arms})

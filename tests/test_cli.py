@@ -42,6 +42,21 @@ def test_invalid_override_value_is_caught_before_compiling(capsys):
   assert "num_kv_heads=3" in capsys.readouterr().err
 
 
+def test_model_presets_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)  # outside the repo checkout: no configs/ here
+  assert cli.main(["yijax", "model-info", "--config=yi_6b"]) == 0
+  six = capsys.readouterr().out
+  assert cli.main(["yijax", "model-info", "--config=yi_6b", "--config.num_layers=48"]) == 0
+  assert "layers 32" in six and "layers 48" in capsys.readouterr().out
+  assert cli.main(["yijax", "model-info", "--config=yi_7b"]) == 2
+  err = capsys.readouterr().err
+  assert "no such config file, and no preset of that name" in err and "yi_6b" in err
+  from yijax import config_presets
+
+  assert config_presets.get_config("run/tiny").train.steps == 300  # `yijax train --config=tiny`: the tiny run
+  assert config_presets.get_config("run/yi_6b").model.num_layers == 32
+
+
 def test_unknown_command_suggests(capsys):
   assert cli.main(["yijax", "generat"]) == 2
   assert "generate" in capsys.readouterr().err

@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
   module = _load(name)
   fv = flags.FlagValues()
   prog = [f"yijax {name}"] + argv[2:]
-  module.define_flags(fv, prog)
+  try:
+    module.define_flags(fv, prog)
+  except ConfigError as e:  # e.g. --config names neither a file nor a preset
+    print(f"yijax {name}: {_clean(e)}", file=sys.stderr)
+    return 2
   if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
     print(f"yijax {name}: {COMMANDS[name].help}\n")
     print(fv.get_help())

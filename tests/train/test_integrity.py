@@ -37,6 +37,18 @@ def test_checksums_see_any_single_word_and_ignore_sharding():
     integrity.verify(dict(tree, w=tree["w"] + 1), base, "where", "params")
 
 
+def test_host_and_device_checksums_agree(monkeypatch):
+  # small single-device trees are summed on the host (no compile), others on device: the same checksums
+  rng = np.random.default_rng(1)
+  tree = {"f32": rng.normal(size=(5, 7)).astype(np.float32), "bf16": jnp.asarray(rng.normal(size=(9,)), jnp.bfloat16),
+          "i64": np.arange(12, dtype=np.int64).reshape(3, 4) * 977, "u8": rng.integers(0, 255, (6,), np.uint8),
+          "bool": np.array([True, False, True]), "scalar": jnp.float32(2.5), "key": jax.random.key(5),
+          "device": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}
+  host = integrity.checksums(tree)
+  monkeypatch.setattr(integrity, "HOST_BYTES", -1)
+  assert integrity.checksums(tree) == host
+
+
 def _flip(path, count=4096):
   size = os.path.getsize(path)
   with open(path, "r+b") as f:

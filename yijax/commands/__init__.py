@@ -9,7 +9,14 @@ from yijax import configlib
 
 
 def define_config(fv: flags.FlagValues, argv: list[str], name: str = "config", default=None,
-                  help_string: str = "config file, FILE.py[:ARG]; override fields with --config.a.b=v") -> None:
+                  help_string: str = "config file, FILE.py[:ARG]; override fields with --config.a.b=v",
+                  presets: str | None = None) -> None:
+  """presets: "model" or "run" to also accept a preset's name (yijax/config_presets.py) for --NAME."""
+  if presets:
+    from yijax import config_presets
+
+    config_presets.resolve_argv(argv, name, presets)
+    help_string += f" (or a preset's name: {', '.join(config_presets.names(presets))})"
   config_flags.DEFINE_config_file(name, default, help_string, flag_values=fv, lock_config=True, sys_argv=argv)
 
 

@@ -8,7 +8,7 @@ from yijax.errors import UsageError
 
 
 def define_flags(fv, argv):
-  define_config(fv, argv)
+  define_config(fv, argv, presets="model")
 
 
 check_argv = check_config_overrides

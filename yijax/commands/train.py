@@ -10,7 +10,7 @@ from yijax.commands import check_config_overrides, define_config
 
 
 def define_flags(fv, argv):
-  define_config(fv, argv)
+  define_config(fv, argv, presets="run")
   flags.DEFINE_string("workdir", None, "run directory (rerun the same command to resume)", flag_values=fv)
 
 

@@ -90,7 +90,9 @@ class Generator:
   """Compiled prefill + decode for one model; call `generate` repeatedly."""
 
   def __init__(self, config: ModelConfig, params: Any, cache_dtype=None):
-    self.config = config.replace(attention_impl="xla", remat_policy="none")
+    # prefill attends through the model's own kernel (blockwise / cuDNN / splash per attention_impl: memory
+    # linear in the prompt), decode through XLA attention against the cache
+    self.config = config.replace(remat_policy="none")
     self.params = params
     self.cache_dtype = cache_dtype or config.dtype
     self.trace_counts = {"prefill": 0, "decode": 0}
@@ -101,8 +103,10 @@ class Generator:
   def _prefill_fn(self, params, cache, tokens, lengths, key, temperature, top_k, top_p):
     self.trace_counts["prefill"] += 1
     index = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    positions = jnp.where(index < lengths[:, None], index, -1)  # padding: position -1, never cached
-    logits, cache = models.apply(self.config, params, tokens, positions, cache=cache)
+    valid = index < lengths[:, None]
+    positions = jnp.where(valid, index, -1)  # padding: position -1, never cached
+    # segment ids with a cache: a prefill into the empty cache (models.apply)
+    logits, cache = models.apply(self.config, params, tokens, positions, valid.astype(jnp.int32), cache=cache)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     return sample_logits(last, key, temperature, top_k, top_p), cache
 

@@ -57,7 +57,10 @@ def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> A
 
 def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None, cache=None,
           return_hidden: bool = False, return_aux: bool = False):
-  """Runs the model. With return_aux, also returns {"losses": {name: scalar},
+  """Runs the model. With a cache (models.init_cache): positions say which slots the tokens fill; segment_ids
+  given as well mean a prefill into an empty cache (1 = prompt, 0 = padding), attended through the training
+  kernels, while without them the tokens attend to everything the cache holds (decoding). With return_aux,
+  also returns {"losses": {name: scalar},
   "stats": tree}: the auxiliary losses the layers sow (summed over layers,
   already scaled by their coefficients: the train loss adds them as they
   are) and per-layer statistics (MoE expert load, dropped fraction)."""

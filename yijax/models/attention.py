@@ -21,6 +21,8 @@ its last `window` tokens with their positions (`{"k", "v", "pos"}`).
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,15 @@ def resolve_impl(impl: str, seq_len: int = 0) -> str:
   backend = jax.default_backend()
   fallback = "blockwise" if seq_len >= blockwise.BLOCKWISE_MIN_LENGTH else "xla"
   return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(backend, fallback)
+
+
+_SAID: set = set()
+
+
+def _say_once(message: str) -> None:
+  if message not in _SAID:
+    _SAID.add(message)
+    logging.warning(message)
 
 
 def causal_segment_mask(q_index, kv_index, q_segments=None, kv_segments=None, window: int = 0):
@@ -217,7 +228,12 @@ class Attention(nn.Module):
       k = rope.apply_rope(k, positions, inv_freq, rope_scale)
       k = sharding.constrain(checkpoint_name(k, "key_proj"), ("batch", "length", "kv_heads", "head_dim"))
       v = sharding.constrain(checkpoint_name(v, "value_proj"), ("batch", "length", "kv_heads", "head_dim"))
-      if cache is not None:
+      if cache is not None and segment_ids is not None:
+        # prefill into an empty cache: the prompt attends within itself through the training kernels
+        # (memory linear in its length), and its K/V are written to the cache for decoding
+        view = {"k": k, "v": v}
+        new_cache = (update_window_cache if self.window else update_cache)(cache, k, v, positions)
+      elif cache is not None:
         view, new_cache = cached_kv_view(cache, k, v, positions, self.window)
       else:
         view = {"k": k, "v": v}
@@ -243,6 +259,9 @@ class Attention(nn.Module):
       return cudnn_attention(q, k, v, segment_ids, scale, self.window)
     if impl == "splash" and not self.window:
       return splash_attention(q, k, v, segment_ids, scale)
+    if impl == "splash":
+      _say_once(f"splash attention has no sliding window here: a {self.window}-token window layer runs the XLA "
+                "kernel, whose memory grows with the square of the length")
     index = jnp.broadcast_to(jnp.arange(q.shape[1]), q.shape[:2])
     mask = causal_segment_mask(index, index, segment_ids, segment_ids, self.window)
     return xla_attention(q, k, v, mask, scale)

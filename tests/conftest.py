@@ -16,6 +16,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from absl import flags as absl_flags  # noqa: E402
+
+# the test process is an application, as the yijax command line is: libraries that read absl's global flags
+# (tokamax) get their defaults
+absl_flags.FLAGS.mark_as_parsed()
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -29,3 +29,45 @@ def test_dependency_direction_data_and_sharding_know_nothing_of_models():
   assert result.stdout.strip() == "[]"
   source = open(os.path.join(ROOT, "yijax", "errors.py")).read()
   assert "import " not in source.replace('"""', "").split("class YijaxError")[0]
+
+
+def _sources():
+  root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "yijax")
+  for folder, _, files in os.walk(root):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        yield os.path.relpath(path, os.path.dirname(root)), open(path).read()
+
+
+def test_no_private_names_across_modules():
+  # a module's _names are its own: another module that needs one gets a public name instead
+  import ast
+
+  root = os.path.dirname(os.path.dirname(__file__))
+  is_module = lambda dotted: os.path.exists(os.path.join(root, *dotted.split(".")) + ".py") or os.path.isdir(
+      os.path.join(root, *dotted.split(".")))
+  found = []
+  for rel, text in _sources():
+    tree = ast.parse(text)
+    modules = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("yijax"):
+        for alias in node.names:
+          if alias.name.startswith("_") and not alias.name.startswith("__"):
+            found.append(f"{rel}: from {node.module} import {alias.name}")
+          if is_module(f"{node.module}.{alias.name}"):
+            modules.add(alias.asname or alias.name)
+      elif isinstance(node, ast.Import):
+        modules.update(a.asname for a in node.names if a.name.startswith("yijax") and a.asname)
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+          and node.attr.startswith("_") and not node.attr.startswith("__")):
+        found.append(f"{rel}:{node.lineno}: {node.value.id}.{node.attr}")
+  assert not found, found
+
+
+def test_library_code_leaves_process_state_alone():
+  # no global matplotlib backend switch or pyplot figure registry (plots go through the Figure API)
+  found = [rel for rel, text in _sources() if "matplotlib.use(" in text or "import matplotlib.pyplot" in text]
+  assert not found, found

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(usage(), file=sys.stderr)
     return 2
   module = _load(name)
+  if not flags.FLAGS.is_parsed():  # libraries that read absl's global flags (tokamax) get their defaults
+    flags.FLAGS.mark_as_parsed()
   fv = flags.FlagValues()
   prog = [f"yijax {name}"] + argv[2:]
   try:

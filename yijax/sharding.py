@@ -184,6 +184,16 @@ def data_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def shard_map(fn, mesh, in_specs, out_specs):
+  """jax.shard_map without replication checks (jax.experimental's on versions before it moved)."""
+  try:
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  except (AttributeError, TypeError):
+    from jax.experimental.shard_map import shard_map as experimental
+
+    return experimental(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
 def stacked(batch_sharding: NamedSharding) -> NamedSharding:
   """The sharding of [k, ...] stacks of batches sharded as `batch_sharding` (k steps in one call)."""
   return NamedSharding(batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))

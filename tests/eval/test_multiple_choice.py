@@ -157,7 +157,7 @@ def test_one_compilation_per_length_bucket(tokenizer, tiny, tmp_path):
   config, params = tiny
   examples = make_examples(2, 12)
   requests = mc.build_requests(tokenizer, examples, False, " ", config.max_seq_len)
-  buckets = {mc._bucket(len(r.inputs), config.max_seq_len) for r in requests}
+  buckets = {mc.bucket_length(len(r.inputs), config.max_seq_len) for r in requests}
   assert len(buckets) >= 2
   # batch_size 3 is used by no other test, so every bucket compiles here, once
   first = mc.score_multiple_choice(config, params, tokenizer, examples, batch_size=3,

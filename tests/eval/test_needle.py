@@ -12,7 +12,7 @@ from yijax import cli, configlib, models
 from yijax.data import prepare
 from yijax.data.tokenizer import train_tokenizer
 from yijax.eval import needle
-from yijax.eval.generate import Generator, _bucket
+from yijax.eval.generate import Generator, bucket_length
 from yijax.models.config import ModelConfig
 from yijax.train import loop, params_io
 from yijax.train.config import base_config
@@ -120,7 +120,7 @@ def test_grid_batches_by_bucket_resumes_and_plots(tmp_path, tokenizer, haystack_
   records = run(generator)
   assert [(r["length"], r["depth"]) for r in records] == [(n, d) for n in lengths for d in depths]
   assert all(0.0 <= r["score"] <= 1.0 and r["prompt_tokens"] == r["length"] - NEW_TOKENS for r in records)
-  buckets = {_bucket(n - NEW_TOKENS) for n in lengths}
+  buckets = {bucket_length(n - NEW_TOKENS) for n in lengths}
   assert len(buckets) == 2 and generator.trace_counts == {"prefill": 2, "decode": 2}
 
   assert run() == records  # all cells done: nothing generated, no Generator made

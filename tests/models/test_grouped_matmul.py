@@ -109,6 +109,21 @@ def test_gpu_only_tokamax_kernels_say_so_off_gpu(impl):
     gm.gmm(x, w, sizes, impl)
 
 
+def test_tokamax_without_parsed_absl_flags_names_the_fix():
+  from absl import flags
+
+  from yijax.errors import ConfigError
+
+  x, w, sizes, _ = _inputs(8, 16, 16, [4, 4])
+  flags.FLAGS.unparse_flags()
+  try:
+    with pytest.raises(ConfigError, match="mark_as_parsed"):
+      gm.gmm(x, w, sizes, "tokamax")
+    assert not flags.FLAGS.is_parsed()  # the library left the global flags as they were
+  finally:
+    flags.FLAGS.mark_as_parsed()
+
+
 MOE = ModelConfig(vocab_size=61, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=48,
                   rope_theta=10000.0, max_seq_len=32, num_experts=8, num_experts_per_token=2,
                   num_shared_experts=1, expert_mlp_dim=16, shared_expert_mlp_dim=16, first_dense_layers=0)

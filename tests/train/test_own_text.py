@@ -39,6 +39,11 @@ def test_quickstart_on_own_text_within_a_budget(tmp_path, capsys):
   # the steps are what the budget holds at the measured step time (at least MIN_STEPS)
   assert plan["steps"] >= own_text.MIN_STEPS and plan["step_time_s"] > 0
   assert plan["steps"] * plan["step_time_s"] <= budget or plan["steps"] == own_text.MIN_STEPS
+  assert plan["steps"] % plan["recipe"]["steps_per_call"] == 0  # whole compiled calls of k steps
+  # everything (split, tokenizer, preparation, measuring, compiles, training, held-out score, checkpoint)
+  # within the budget, give or take the noise of a shared CI machine
+  assert plan["seconds"] <= 1.5 * budget and plan["prepare_s"] + plan["measure_s"] < plan["seconds"]
+  assert f"trained and scored in {plan['seconds']:.0f} s of a {budget:.0f} s budget" in out
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records] == list(range(1, plan["steps"] + 1))
   # the warmup and cosine are fitted to those steps: the LR peaks, then decays over them (to a tenth at the end)

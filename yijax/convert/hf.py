@@ -292,13 +292,13 @@ def _norm_aliases(name: str) -> str:
   return name.replace(".ln1.", ".input_layernorm.").replace(".ln2.", ".post_attention_layernorm.")
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
 
 
-def _get(tree: dict, path: tuple[str, ...]):
+def get_path(tree: dict, path: tuple[str, ...]):
   for key in path:
     tree = tree[key]
   return tree
@@ -344,20 +344,20 @@ def read_hf(hf_dir: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
         )
       value = rule.to_yijax(tensor, config)
       if dtype:
-        value = value.astype(_np_dtype(dtype))
+        value = value.astype(np_dtype(dtype))
       if not rule.layered:
         stacked = np.ascontiguousarray(value)
         continue
       if stacked is None:
         stacked = np.empty((config.num_layers,) + value.shape, value.dtype)
       stacked[i] = value
-    _set(params, rule.path, stacked)
+    set_path(params, rule.path, stacked)
   if dtype:
     config = config.replace(param_dtype=dtype)
   return config, params
 
 
-def _np_dtype(name: str):
+def np_dtype(name: str):
   import jax.numpy as jnp
 
   return np.dtype(jnp.dtype(name))
@@ -431,11 +431,11 @@ def hf_to_yijax(hf_dir: str, out: str, dtype: str | None = None, overwrite: bool
 def _dense_tensors(config: ModelConfig, params: dict, out_dtype: str):
   """(name, tensor) of a dense model, rule by rule, one layer slice at a time."""
   for rule in tensor_rules(config):
-    value = np.asarray(_get(params, rule.path))
+    value = np.asarray(get_path(params, rule.path))
     slices = [(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)] if rule.layered \
         else [(rule.hf_name, value)]
     for name, tensor in slices:
-      yield name, np.ascontiguousarray(rule.to_hf(tensor, config).astype(_np_dtype(out_dtype)))
+      yield name, np.ascontiguousarray(rule.to_hf(tensor, config).astype(np_dtype(out_dtype)))
 
 
 def yijax_to_hf(ckpt: str, out: str, dtype: str | None = None, max_shard_bytes: int = 5 * 2**30,

@@ -350,7 +350,7 @@ def read_hf(hf_dir: str, hf: dict[str, Any], source: str, dtype: str | None = No
                             f"{tuple(tensor.shape)} (check config.json's {_shape_hint(entry.hf_name)})")
     for (path, index), value in zip(entry.targets, entry.to_yijax(tensor)):
       if dtype:
-        value = value.astype(dense._np_dtype(dtype))
+        value = value.astype(dense.np_dtype(dtype))
       if path not in arrays:
         arrays[path] = np.empty(shapes[path], value.dtype)
       arrays[path][index] = value
@@ -359,7 +359,7 @@ def read_hf(hf_dir: str, hf: dict[str, Any], source: str, dtype: str | None = No
     raise ConversionError(f"internal: no HF tensor maps onto yijax parameter(s) {['/'.join(p) for p in unfilled]}")
   params: dict = {}
   for path, value in arrays.items():
-    dense._set(params, path, value)
+    dense.set_path(params, path, value)
   if dtype:
     config = config.replace(param_dtype=dtype)
   return config, params
@@ -382,5 +382,5 @@ def hf_tensors(config: ModelConfig, params: dict, out_dtype: str) -> Iterator[tu
     if missing:
       raise ConversionError(f"yijax parameter(s) {sorted('/'.join(p) for p in missing)} {why.format(family=family)}")
   for entry in entries:
-    parts = [np.asarray(dense._get(params, path))[index] for path, index in entry.targets]
-    yield entry.hf_name, np.ascontiguousarray(entry.to_hf(*parts).astype(dense._np_dtype(out_dtype)))
+    parts = [np.asarray(dense.get_path(params, path))[index] for path, index in entry.targets]
+    yield entry.hf_name, np.ascontiguousarray(entry.to_hf(*parts).astype(dense.np_dtype(out_dtype)))

@@ -89,7 +89,7 @@ def document_ids(source: str) -> list[str]:
   return sorted(_topics()) if source == "python_docs" else _code_paths()
 
 
-def _read_text(source: str, doc_id: str) -> str:
+def read_text(source: str, doc_id: str) -> str:
   if source == "python_docs":
     return _topics()[doc_id]
   with open(os.path.join(_stdlib_root(), doc_id), "rb") as f:
@@ -103,7 +103,7 @@ def documents(source: str, split: str = "train",
   _check_split(split)
   for doc_id in document_ids(source):
     if split_of(doc_id, validation_fraction) == split:
-      yield doc_id, _read_text(source, doc_id)
+      yield doc_id, read_text(source, doc_id)
 
 
 def fingerprint(validation_fraction: float = VALIDATION_FRACTION) -> str:
@@ -159,7 +159,7 @@ def sample_text(path: str, max_bytes: int, split: str = "train",
   written = 0
   with open(path, "w", encoding="utf-8") as f:
     for _, source, doc_id in sorted(ids):
-      data = _read_text(source, doc_id)
+      data = read_text(source, doc_id)
       size = len(data.encode("utf-8"))
       if written and written + size > max_bytes:
         continue

@@ -72,7 +72,7 @@ def parse_source(value: str, split: str = "train", text_field: str = "text", fil
 # ---------------------------------------------------------------- planning
 
 
-def _resolve_files(spec: SourceSpec) -> list[str]:
+def resolve_files(spec: SourceSpec) -> list[str]:
   files = []
   for pattern in spec.inputs:
     if glob.has_magic(pattern):
@@ -89,7 +89,7 @@ def _resolve_files(spec: SourceSpec) -> list[str]:
   return files
 
 
-def _is_jsonl(path: str, file_format: str) -> bool:
+def is_jsonl(path: str, file_format: str) -> bool:
   return file_format == "jsonl" or (file_format == "auto" and path.endswith(JSONL_SUFFIXES))
 
 
@@ -101,17 +101,17 @@ def _size(path: str) -> int:
 
 
 def _plan_files(spec: SourceSpec, shard_bytes: int | None, num_workers: int) -> list[dict]:
-  files = _resolve_files(spec)
+  files = resolve_files(spec)
   sizes = [_size(p) for p in files]
   if shard_bytes is None:  # about 4 units per worker, within [1 MiB, 256 MiB]
     shard_bytes = min(max(sum(sizes) // (4 * max(num_workers, 1)), 1 << 20), 256 << 20)
   pieces = []  # [path, kind, start, end, size]
   for path, size in zip(files, sizes):
-    if _is_jsonl(path, spec.file_format) and size > shard_bytes:
+    if is_jsonl(path, spec.file_format) and size > shard_bytes:
       for start in range(0, size, shard_bytes):
         pieces.append([path, "jsonl", start, min(start + shard_bytes, size), min(shard_bytes, size - start)])
     else:
-      pieces.append([path, "jsonl" if _is_jsonl(path, spec.file_format) else "text", 0, size, size])
+      pieces.append([path, "jsonl" if is_jsonl(path, spec.file_format) else "text", 0, size, size])
   units, current, current_bytes = [], [], 0
   for piece in pieces:
     if current and current_bytes + piece[4] > shard_bytes:
@@ -215,7 +215,7 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def _write_json(path: str, value) -> None:
+def write_json(path: str, value) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump(value, f, indent=2)
@@ -235,7 +235,7 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
   """
   directory = os.path.join(out_dir, spec.split, spec.name)
   plan_path = os.path.join(directory, "plan.json")
-  files = None if spec.tfds else [(p, _size(p)) for p in _resolve_files(spec)]
+  files = None if spec.tfds else [(p, _size(p)) for p in resolve_files(spec)]
   key = {"inputs": list(spec.inputs), "files": files, "text_field": spec.text_field,
          "format": spec.file_format, "tfds_data_dir": spec.tfds_data_dir, "tokenizer_sha256": tokenizer_sha}
   if spec.quality:
@@ -253,11 +253,11 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
     for name in os.listdir(directory):
       if name.startswith("shard-"):
         os.remove(os.path.join(directory, name))
-  _write_json(plan_path, {"key": key, "units": units})
+  write_json(plan_path, {"key": key, "units": units})
   return units
 
 
-def _summarize(out_dir: str, spec: SourceSpec, units: list[dict], failures: dict) -> dict:
+def summarize(out_dir: str, spec: SourceSpec, units: list[dict], failures: dict) -> dict:
   entry = {"inputs": list(spec.inputs), "text_field": spec.text_field, "units": len(units),
            "finished_units": 0, "shards": [], "failed_units": []}
   totals = corpus.DocumentCounts()
@@ -349,18 +349,18 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
     plans[spec] = _settle_plan(out_dir, spec, tokenizer.checksum, make)
     manifest["splits"].setdefault(spec.split, {})[spec.name] = {"complete": False, "units": len(plans[spec])}
   manifest["complete"] = False
-  _write_json(manifest_path, manifest)  # a killed run leaves `complete: false` behind
+  write_json(manifest_path, manifest)  # a killed run leaves `complete: false` behind
   pending = [u for units in plans.values() for u in units if not _unit_done(out_dir, u)]
   started = time.time()
   failures = _run_pending(pending, out_dir, tokenizer.path, num_workers, progress)
   for spec, units in plans.items():
-    manifest["splits"][spec.split][spec.name] = _summarize(out_dir, spec, units, failures)
+    manifest["splits"][spec.split][spec.name] = summarize(out_dir, spec, units, failures)
     if spec.quality:
       quality.select(out_dir, manifest, spec, quality_options)
   manifest["complete"] = all(e.get("complete") for split in manifest["splits"].values() for e in split.values())
   manifest["last_run"] = {"units_run": len(pending), "units_skipped": sum(map(len, plans.values())) - len(pending),
                           "seconds": round(time.time() - started, 2), "num_workers": num_workers}
-  _write_json(manifest_path, manifest)
+  write_json(manifest_path, manifest)
   return manifest
 
 
@@ -419,9 +419,9 @@ def write_token_source(out_dir: str, split: str, name: str, documents: Iterable[
     lengths = records.write_shard(os.path.join(out_dir, shard), part)
     counts = corpus.DocumentCounts()
     counts.update(documents=len(part), tokens=int(lengths.sum()), max_document_tokens=int(lengths.max(initial=0)))
-    _write_json(done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
+    write_json(done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
     units.append({"shard": shard})
-  manifest["splits"].setdefault(split, {})[name] = _summarize(out_dir, spec, units, {})
+  manifest["splits"].setdefault(split, {})[name] = summarize(out_dir, spec, units, {})
   manifest["complete"] = all(e.get("complete") for sp in manifest["splits"].values() for e in sp.values())
-  _write_json(manifest_path, manifest)
+  write_json(manifest_path, manifest)
   return manifest

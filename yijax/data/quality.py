@@ -161,9 +161,9 @@ def reference_documents(paths: Sequence[str], text_field: str = "text") -> list[
   from yijax.data import corpus, prepare
 
   spec = prepare.SourceSpec("quality_reference", "train", tuple(paths), text_field)
-  files = prepare._resolve_files(spec)
+  files = prepare.resolve_files(spec)
   counts = corpus.DocumentCounts()
-  pieces = [[p, "jsonl" if prepare._is_jsonl(p, "auto") else "text", 0, os.path.getsize(p)] for p in files]
+  pieces = [[p, "jsonl" if prepare.is_jsonl(p, "auto") else "text", 0, os.path.getsize(p)] for p in files]
   return list(corpus.file_documents(pieces, text_field, counts))
 
 
@@ -280,10 +280,10 @@ def select(out_dir: str, manifest: dict, spec, options: QualityOptions) -> None:
     documents = [d for d, k in zip(records.read_shard(path), keep) if k]
     written = records.write_shard(os.path.join(out_dir, shard), documents)
     counts = {"documents": len(written), "tokens": int(written.sum()), "max_document_tokens": int(written.max(initial=0))}
-    prepare._write_json(prepare.done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
+    prepare.write_json(prepare.done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
     units.append({"shard": shard})
   selected = dataclasses.replace(spec, name=name)
-  manifest["splits"][spec.split][name] = prepare._summarize(out_dir, selected, units, {})
+  manifest["splits"][spec.split][name] = prepare.summarize(out_dir, selected, units, {})
   finite = scores[np.isfinite(scores)]
   stats = {f"p{q}": float(np.percentile(finite, q)) for q in (0, 10, 50, 90, 100)} if len(finite) else {}
   scorer = json.loads(spec.quality)

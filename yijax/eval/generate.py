@@ -79,7 +79,7 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _bucket(n: int) -> int:
+def bucket_length(n: int) -> int:
   size = 16
   while size < n:
     size *= 2
@@ -144,7 +144,7 @@ class Generator:
     if len(stop_ids) > MAX_STOP_IDS:
       raise ConfigError(f"at most {MAX_STOP_IDS} stop ids, got {len(stop_ids)}")
     longest = max(len(p) for p in prompts)  # beyond max_seq_len is allowed here: RoPE extrapolation studies
-    bucket = _bucket(longest)
+    bucket = bucket_length(longest)
     cache_len = _round_up(bucket + max_new_tokens, 128)
     tokens = np.zeros((len(prompts), bucket), np.int32)
     for i, p in enumerate(prompts):

@@ -125,7 +125,7 @@ def encode_request(tokenizer, context: str, continuation: str, add_bos: bool) ->
   return context_enc, whole[len(context_enc):]
 
 
-def _bucket(length: int, max_len: int) -> int:
+def bucket_length(length: int, max_len: int) -> int:
   size = MIN_BUCKET
   while size < length:
     size *= 2
@@ -174,7 +174,7 @@ def score_requests(config: ModelConfig, params: Any, requests: Sequence[Request]
   scorer = _row_scorer(config, chunk_len)
   by_bucket: dict[int, list[Request]] = collections.defaultdict(list)
   for request in sorted(requests, key=lambda r: -len(r.inputs)):
-    by_bucket[_bucket(len(request.inputs), max_len)].append(request)
+    by_bucket[bucket_length(len(request.inputs), max_len)].append(request)
   results = {}
   for bucket, members in by_bucket.items():
     for start in range(0, len(members), batch_size):

@@ -245,9 +245,9 @@ def read_results(path: str, settings: str | None = None) -> dict[tuple[int, floa
 def _batches(pending: list[tuple[int, float]], grid: list[tuple[int, float]], max_new_tokens: int, batch_size: int):
   """Pending cells grouped by the Generator's prompt bucket, in batches of one row count (the last of a
   bucket padded), sized from the whole grid so a resumed run reuses the shapes of the first."""
-  from yijax.eval.generate import _bucket
+  from yijax.eval.generate import bucket_length
 
-  bucket_of = lambda cell: _bucket(cell[0] - max_new_tokens)
+  bucket_of = lambda cell: bucket_length(cell[0] - max_new_tokens)
   per_bucket: dict[int, int] = {}
   for cell in grid:
     per_bucket[bucket_of(cell)] = per_bucket.get(bucket_of(cell), 0) + 1

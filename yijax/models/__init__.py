@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-def _init_fn(config: ModelConfig):
+def init_fn(config: ModelConfig):
   model = Transformer(config.replace(attention_impl="xla"))
   dummy = jnp.zeros((1, 1), jnp.int32)
 
@@ -38,7 +38,7 @@ def _init_fn(config: ModelConfig):
 
 def abstract_params(config: ModelConfig) -> Any:
   """Boxed abstract parameters (shapes, dtypes, logical axis names); allocates nothing."""
-  return jax.eval_shape(_init_fn(config), jax.random.key(0))
+  return jax.eval_shape(init_fn(config), jax.random.key(0))
 
 
 def param_shardings(config: ModelConfig, mesh, rules=None) -> Any:
@@ -48,7 +48,7 @@ def param_shardings(config: ModelConfig, mesh, rules=None) -> Any:
 def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> Any:
   """Initialized parameters; with a mesh, each created directly in its sharding."""
   config.validate()
-  init = _init_fn(config)
+  init = init_fn(config)
   unboxed = lambda rng: nn.unbox(init(rng))
   if mesh is None:
     return jax.jit(unboxed)(rng)

@@ -131,21 +131,12 @@ def splash_attention(q, k, v, segment_ids, scale):
     batch_axes = sharding.logical_to_spec(("batch",))[0]
     head_axes = sharding.logical_to_spec(("heads",))[0]
     kv_head_axes = sharding.logical_to_spec(("kv_heads",))[0]
-    out = _shard_map(
+    out = sharding.shard_map(
         per_shard, mesh,
         in_specs=(P(batch_axes, head_axes), P(batch_axes, kv_head_axes), P(batch_axes, kv_head_axes), P(batch_axes)),
         out_specs=P(batch_axes, head_axes),
     )(qt, kt, vt, segment_ids)
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)
-
-
-def _shard_map(fn, mesh, in_specs, out_specs):
-  try:
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-  except (AttributeError, TypeError):
-    from jax.experimental.shard_map import shard_map
-
-    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
 
 
 def update_cache(cache, k, v, positions):

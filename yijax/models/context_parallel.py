@@ -108,7 +108,7 @@ def context_parallel_attention(q, k, v, segment_ids, scale, mode="ring", *, wind
 
   q [b, s, heads, d]; k, v [b, s, kv_heads, d]; segment_ids [b, s] or None -> [b, s, heads, d].
   """
-  from yijax.models.attention import _shard_map
+  from yijax.sharding import shard_map
 
   if mode not in MODES:
     raise ValueError(f"context parallel mode {mode!r} is not one of {MODES}")
@@ -150,5 +150,5 @@ def context_parallel_attention(q, k, v, segment_ids, scale, mode="ring", *, wind
     return _from_zigzag(out, axis, n)
 
   seg_spec = P(q_spec[0], q_spec[1])
-  return _shard_map(local, mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec)(
+  return shard_map(local, mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec)(
       q, k, v, segment_ids.astype(jnp.int32))

@@ -94,9 +94,13 @@ def _tokamax(x, w, group_sizes, impl):
   except ImportError as e:  # an optional dependency: the gpu and test extras
     raise ImportError(f"moe_impl={impl!r} needs tokamax: pip install 'tokamax>=0.0.12'") from e
   if not flags.FLAGS.is_parsed():
-    # tokamax reads its options from absl's global flags and would parse sys.argv
-    # (failing on any flag it does not know); use its defaults instead.
-    flags.FLAGS.mark_as_parsed()
+    # tokamax reads its options from absl's global flags and would parse sys.argv (failing on any flag it does
+    # not know). The yijax command line marks them parsed at startup; library code leaves global state alone.
+    from yijax.errors import ConfigError
+
+    raise ConfigError(f"moe_impl={impl!r}: tokamax reads absl's global flags, which are not parsed in this "
+                      "process; call absl.flags.FLAGS.mark_as_parsed() once first (the yijax command line and "
+                      "absl.app do), or use moe_impl='ragged'")
   if impl == "tokamax_triton":
     order = ("triton",)
   elif impl == "tokamax_mosaic":

@@ -267,7 +267,7 @@ class MoEBlock(nn.Module):
 def _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, capacity_factor, impl="ragged"):
   from jax.sharding import PartitionSpec as P
 
-  from yijax.models.attention import _shard_map
+  from yijax.sharding import shard_map
 
   batch_axes = sharding.logical_to_spec(("batch",))[0]
   batch_axes = batch_axes if isinstance(batch_axes, tuple) else (batch_axes,) if batch_axes else ()
@@ -280,7 +280,7 @@ def _expert_parallel(tokens, experts, weights, wi_gate, wi_up, wo, mesh, capacit
     y, dropped = experts_all_to_all(x, ex, w, g, u, o, "expert", capacity_factor, impl)
     return y, jax.lax.pmean(dropped, batch_axes)
 
-  y, dropped = _shard_map(
+  y, dropped = shard_map(
       local, mesh,
       in_specs=(token_spec, token_spec, token_spec, P("expert"), P("expert"), P("expert")),
       out_specs=(token_spec, P()),

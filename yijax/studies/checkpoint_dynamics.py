@@ -195,9 +195,8 @@ def report(args, stage_dir: str, context) -> dict:
 
 
 def _plot_loss_vs_metrics(by_size, loss_by_size, keys, path) -> None:
-  from yijax.analysis import dynamics
+  from yijax.analysis.plots import figures as plt
 
-  plt = dynamics._plt()
   shown = [k for k in keys if k[0] not in LOSS_TASKS]
   if not shown or all(v is None for v in loss_by_size.values()):
     return

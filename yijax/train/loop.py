@@ -90,162 +90,221 @@ def _batch_to_device(batch: dict, data_sharding) -> dict:
 
 def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
   """Runs (or resumes) the run in `workdir`; returns the last metrics and evals."""
-  from yijax.data import chunked, pipeline
+  run = _Run()
+  try:
+    run.set_up(config, workdir, evaluators)
+    return run.train()
+  finally:
+    run.close()
 
-  sharding.maybe_initialize_distributed(
-      config.distributed.enabled, config.distributed.coordinator_address or None,
-      config.distributed.num_processes or None,
-      config.distributed.process_id if config.distributed.process_id >= 0 else None,
-  )
-  paths.check_output_dir(paths.resolve(workdir), "--workdir")
-  plan = validation.check_run_config(config)  # everything that can fail, before compiling
-  model_config, mesh, rules = plan.model_config, plan.mesh, plan.rules
-  workdir = paths.resolve(workdir)
-  paths.makedirs(workdir)
-  if jax.process_index() == 0:
-    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
-    if plan.tokenizer_path and not paths.exists(paths.join(workdir, params_io.TOKENIZER)):
-      paths.copy_file(plan.tokenizer_path, paths.join(workdir, params_io.TOKENIZER))
-  logging.info("resolved config:\n%s", config)
 
-  optimizer, schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
-  abstract, shardings, logical = step_lib.state_shardings(model_config, optimizer, mesh, rules, config.train.seed)
-  checkpointer = ckpt_lib.RunCheckpointer(workdir, config.checkpoint, config.train.steps)
-  data_sharding = sharding.data_sharding(mesh, rules)
-  per_process = config.train.batch_size // jax.process_count()
-  make_iterator = chunked.train_iterator if chunked.enabled(config.data) else pipeline.train_iterator
-  iterator = make_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
+class _Run:
+  """One invocation of a run, as named steps: set up (checks, directories, optimizer, data, state: fresh or
+  resumed), then calls of k train steps with their bookkeeping, evaluations and checkpoints between calls."""
 
-  resume_step, meta = None, {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
-  resumed = _restore_newest_good(checkpointer, abstract, shardings, logical, iterator)
-  if resumed is not None:
-    resume_step, state, saved_meta = resumed
-    meta.update(saved_meta)
-    print(f"resumed {workdir} at step {resume_step} ({meta['tokens_seen']:,} tokens seen)", flush=True)
-  else:
-    params = None
-    if config.train.init_from:
-      params = _load_initial_params(config.train.init_from, model_config, shardings.params, abstract, logical)
-      print(f"initialized from {config.train.init_from}", flush=True)
-    if config.train.get("init_data_state_from"):
-      pipeline.restore_iterator(iterator, ckpt_lib.read_data_state(
-          config.train.init_data_state_from, jax.process_index(), jax.process_count()))
-      print(f"data stream continues from {config.train.init_data_state_from}", flush=True)
-    state = step_lib.init_state(model_config, optimizer, mesh, rules, config.train.seed, params)
-  start = int(resume_step or 0)
+  def set_up(self, config, workdir: str, evaluators: Sequence[Evaluator]) -> None:
+    self.config, self.evaluators = config, evaluators
+    self._start_distributed()
+    self._check_and_record(workdir)
+    self._build_optimizer_and_data()
+    self._restore_or_initialize()
+    self._build_evaluation()
+    self.writer = metrics_lib.MetricsWriter(self.workdir, self.start,
+                                            tensorboard=bool(config.train.get("tensorboard", True)))
+    self.progress = metrics_lib.Progress(config.train.steps, self.start, config.train.progress_bar)
+    self.throughput = metrics_lib.Throughput()
+    self.per_token_flops = flops.train_flops_per_token(self.model_config, config.train.seq_len)
+    self.last: dict = {}
 
-  freeze = None
-  if config.optimizer.freeze_layers:
-    freeze = layerwise.freeze_mask(model_config, abstract.params, config.optimizer.freeze_layers)
-  reference = None
-  if config.train.reference_from:
-    reference = _load_initial_params(config.train.reference_from, model_config, shardings.params, abstract, logical)
-  growth = BatchGrowth(config, meta)
-  step_fns: dict[int, Any] = {}
+  # ---------------------------------------------------------------- set-up steps
 
-  steps_per_call = int(config.train.get("steps_per_call", 1) or 1)
-  stacked_sharding = sharding.stacked(data_sharding)
+  def _start_distributed(self) -> None:
+    d = self.config.distributed
+    sharding.maybe_initialize_distributed(d.enabled, d.coordinator_address or None, d.num_processes or None,
+                                          d.process_id if d.process_id >= 0 else None)
 
-  def step_fn_for(accumulate: int, k: int = 1):
+  def _check_and_record(self, workdir: str) -> None:
+    """Everything that can fail before compiling; then the run dir with its config and tokenizer."""
+    config = self.config
+    paths.check_output_dir(paths.resolve(workdir), "--workdir")
+    self.plan = validation.check_run_config(config)
+    self.model_config, self.mesh, self.rules = self.plan.model_config, self.plan.mesh, self.plan.rules
+    self.workdir = paths.resolve(workdir)
+    paths.makedirs(self.workdir)
+    if jax.process_index() == 0:
+      paths.write_text(paths.join(self.workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+      if self.plan.tokenizer_path and not paths.exists(paths.join(self.workdir, params_io.TOKENIZER)):
+        paths.copy_file(self.plan.tokenizer_path, paths.join(self.workdir, params_io.TOKENIZER))
+    logging.info("resolved config:\n%s", config)
+
+  def _build_optimizer_and_data(self) -> None:
+    from yijax.data import chunked, pipeline
+
+    config = self.config
+    self.optimizer, self.schedule = opt_lib.make_optimizer(config.optimizer, config.train.steps)
+    self.abstract, self.shardings, self.logical = step_lib.state_shardings(
+        self.model_config, self.optimizer, self.mesh, self.rules, config.train.seed)
+    self.checkpointer = ckpt_lib.RunCheckpointer(self.workdir, config.checkpoint, config.train.steps)
+    self.data_sharding = sharding.data_sharding(self.mesh, self.rules)
+    self.stacked_sharding = sharding.stacked(self.data_sharding)
+    per_process = config.train.batch_size // jax.process_count()
+    make_iterator = chunked.train_iterator if chunked.enabled(config.data) else pipeline.train_iterator
+    self.iterator = make_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
+
+  def _restore_or_initialize(self) -> None:
+    """The newest good checkpoint (and its data position), or fresh parameters (init_from: given ones)."""
+    from yijax.data import pipeline
+
+    config = self.config
+    self.meta = {"tokens_seen": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
+    resumed = _restore_newest_good(self.checkpointer, self.abstract, self.shardings, self.logical, self.iterator)
+    self.resumed = resumed is not None
+    if resumed is not None:
+      self.start, self.state, saved_meta = resumed
+      self.meta.update(saved_meta)
+      print(f"resumed {self.workdir} at step {self.start} ({self.meta['tokens_seen']:,} tokens seen)", flush=True)
+    else:
+      params = None
+      if config.train.init_from:
+        params = _load_initial_params(config.train.init_from, self.model_config, self.shardings.params,
+                                      self.abstract, self.logical)
+        print(f"initialized from {config.train.init_from}", flush=True)
+      if config.train.get("init_data_state_from"):
+        pipeline.restore_iterator(self.iterator, ckpt_lib.read_data_state(
+            config.train.init_data_state_from, jax.process_index(), jax.process_count()))
+        print(f"data stream continues from {config.train.init_data_state_from}", flush=True)
+      self.start = 0
+      self.state = step_lib.init_state(self.model_config, self.optimizer, self.mesh, self.rules, config.train.seed,
+                                       params)
+    self.start = int(self.start)
+    self.end = config.train.steps if not config.train.stop_after else min(
+        config.train.steps, self.start + config.train.stop_after)
+    self.freeze = None
+    if config.optimizer.freeze_layers:
+      self.freeze = layerwise.freeze_mask(self.model_config, self.abstract.params, config.optimizer.freeze_layers)
+    self.reference = None
+    if config.train.reference_from:
+      self.reference = _load_initial_params(config.train.reference_from, self.model_config, self.shardings.params,
+                                            self.abstract, self.logical)
+    self.growth = BatchGrowth(config, self.meta)
+    self.step_fns: dict[tuple[int, int], Any] = {}
+    self.steps_per_call = int(config.train.get("steps_per_call", 1) or 1)
+
+  def _build_evaluation(self) -> None:
+    config = self.config
+    self.evaluate = _held_out_evaluator(config, self.model_config, self.mesh, self.rules, self.shardings.params,
+                                        self.plan)
+    if config.eval.relative_update_k and self.evaluate is not None:
+      initial = jax.device_get(_initial_params(config, self.model_config, self.optimizer, self.mesh, self.rules,
+                                               self.shardings, self.abstract, self.logical,
+                                               None if self.resumed else self.state))
+      self.evaluate = _with_relative_update(self.evaluate, self.model_config, initial,
+                                            config.eval.relative_update_k)
+    self.eval_every = config.eval.every_steps if self.evaluate else 0
+
+  # ---------------------------------------------------------------- the loop
+
+  def train(self) -> dict:
+    step = self.start
+    with _Preemption() as preemption:
+      while step < self.end:
+        k = _call_length(step, self.end, self.steps_per_call, self.eval_every, self.checkpointer)
+        step = self._run_call(step, k)
+        if self.eval_every and step % self.eval_every == 0 and step != self.end:
+          results = _run_evals(self.evaluate, self.evaluators, self.state.params, step)
+          self.growth.observe(results.get("loss"))
+          self.writer.write(step, results, metrics_lib.EVAL_FILE)
+        if preemption.requested or self.checkpointer.reached_preemption(step):
+          self._save(step)
+          self.checkpointer.wait()
+          print(f"preempted: saved step {step} to {self.checkpointer.directory}; rerun to resume", flush=True)
+          return {"preempted": True, "step": step, **self.last}
+        if self.checkpointer.due(step, self.end):
+          self._save(step)
+    final_evals = {}
+    if self.end == self.config.train.steps and (self.evaluate or self.evaluators) and self.start < self.end:
+      final_evals = _run_evals(self.evaluate, self.evaluators, self.state.params, self.end)
+      self.writer.write(self.end, final_evals, metrics_lib.EVAL_FILE)
+    return {"step": self.end, **self.last, **{f"eval/{k}": v for k, v in final_evals.items()}}
+
+  def _step_fn(self, accumulate: int, k: int):
     """The jitted call of `k` steps of `accumulate` iterator batches each (compiled once per pair)."""
-    if (accumulate, k) not in step_fns:
+    if (accumulate, k) not in self.step_fns:
+      config = self.config
       train_step = step_lib.make_train_step(
-          model_config, optimizer, schedule, config.train.z_loss, config.train.vocab_chunk,
-          config.train.microbatches * accumulate, config.train.objective, freeze,
-          _objective_options(config))
+          self.model_config, self.optimizer, self.schedule, config.train.z_loss, config.train.vocab_chunk,
+          config.train.microbatches * accumulate, config.train.objective, self.freeze, _objective_options(config))
       fn = train_step
       if k > 1:  # k optimizer steps in one call: no dispatch or host sync between them
         def fn(state, batches, reference=None):
           return jax.lax.scan(lambda s, b: train_step(s, b, reference), state, batches)
-      with sharding.use_mesh(mesh, rules):
-        step_fns[accumulate, k] = jax.jit(
-            fn, in_shardings=(shardings, data_sharding if k == 1 else stacked_sharding,
-                              None if reference is None else shardings.params),
-            out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return step_fns[accumulate, k]
+      with sharding.use_mesh(self.mesh, self.rules):
+        self.step_fns[accumulate, k] = jax.jit(
+            fn, in_shardings=(self.shardings, self.data_sharding if k == 1 else self.stacked_sharding,
+                              None if self.reference is None else self.shardings.params),
+            out_shardings=(self.shardings, sharding.replicated(self.mesh)), donate_argnums=(0,))
+    return self.step_fns[accumulate, k]
 
-  evaluate = _held_out_evaluator(config, model_config, mesh, rules, shardings.params, plan)
-  initial_params = None
-  if config.eval.relative_update_k and evaluate is not None:
-    initial_params = jax.device_get(_initial_params(config, model_config, optimizer, mesh, rules, shardings,
-                                                    abstract, logical, state if resume_step is None else None))
-    evaluate = _with_relative_update(evaluate, model_config, initial_params, config.eval.relative_update_k)
-  writer = metrics_lib.MetricsWriter(workdir, start, tensorboard=bool(config.train.get("tensorboard", True)))
-  per_token_flops = flops.train_flops_per_token(model_config, config.train.seq_len)
-  end = config.train.steps if not config.train.stop_after else min(config.train.steps, start + config.train.stop_after)
-  progress = metrics_lib.Progress(config.train.steps, start, config.train.progress_bar)
-  throughput = metrics_lib.Throughput()
-  last: dict = {}
-  eval_every = config.eval.every_steps
+  def _next_batches(self, k: int) -> tuple[list[dict], dict]:
+    """k host batches (each `accumulate` iterator batches) and them on device (stacked when k > 1)."""
+    accumulate = self.growth.accumulate
+    local = []
+    for _ in range(k):
+      parts = [next(self.iterator) for _ in range(accumulate)]
+      local.append(parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]})
+    if k == 1:
+      return local, _batch_to_device(local[0], self.data_sharding)
+    return local, _batch_to_device({n: np.stack([b[n] for b in local]) for n in local[0]}, self.stacked_sharding)
 
-  def save(step_number: int) -> None:
-    if not step_lib.all_finite(state.params):
-      raise TrainingHalted(f"parameters are not finite at step {step_number}; not checkpointing")
-    checkpointer.save(step_number, state.params, (state.opt_state, state.step, state.rng),
-                      dict(meta, step=step_number, time=time.time()), pipeline.iterator_state(iterator),
-                      json.loads(config.to_json_best_effort()), model_config)
-    writer.sync()  # the metrics up to a checkpoint are as durable as the checkpoint (remote workdirs)
+  def _run_call(self, step: int, k: int) -> int:
+    """Steps step+1 .. step+k in one compiled call, then each one's metrics, logging and halting check."""
+    config, meta = self.config, self.meta
+    local, batch = self._next_batches(k)
+    with sharding.use_mesh(self.mesh, self.rules):
+      self.state, call_metrics = self._step_fn(self.growth.accumulate, k)(self.state, batch, self.reference)
+    call_metrics = jax.device_get(call_metrics)
+    tokens = k * self.growth.accumulate * config.train.batch_size * config.train.seq_len
+    tokens_per_s, call_time = self.throughput.tick(tokens)
+    for i, host_batch in enumerate(local):
+      step += 1
+      step_metrics = call_metrics if k == 1 else {n: v[i] for n, v in call_metrics.items()}
+      meta["tokens_seen"] += int(np.sum(np.asarray(host_batch["segment_ids"]) != 0)) * jax.process_count()
+      step_metrics["batch_size"] = self.growth.accumulate * config.train.batch_size
+      if step_metrics["finite"]:
+        meta["nonfinite_in_a_row"] = 0
+      else:
+        meta["nonfinite_in_a_row"] += 1
+        meta["nonfinite_total"] += 1
+      self.last = {**step_metrics, "tokens_seen": meta["tokens_seen"], "tokens_per_s": tokens_per_s,
+                   "step_time": call_time / k, "nonfinite_total": meta["nonfinite_total"]}
+      util = flops.mfu(tokens_per_s, self.per_token_flops)
+      if util is not None:
+        self.last["mfu"] = util
+      if step % config.train.log_every == 0 or step == self.end:
+        self.writer.write(step, self.last)
+      self.progress.update(step, float(step_metrics["loss"]), tokens_per_s)
+      if meta["nonfinite_in_a_row"] >= config.train.max_nonfinite:
+        raise TrainingHalted(
+            f"{meta['nonfinite_in_a_row']} non-finite steps in a row at step {step} "
+            f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
+            "Lower optimizer.lr, raise warmup, or check the data")
+    return step
 
-  try:
-    with _Preemption() as preemption:
-      step_number = start
-      while step_number < end:
-        k = _call_length(step_number, end, steps_per_call, eval_every if evaluate else 0, checkpointer)
-        locals_ = []
-        for _ in range(k):
-          parts = [next(iterator) for _ in range(growth.accumulate)]
-          locals_.append(parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]})
-        if k == 1:
-          batch = _batch_to_device(locals_[0], data_sharding)
-        else:
-          batch = _batch_to_device({n: np.stack([b[n] for b in locals_]) for n in locals_[0]}, stacked_sharding)
-        with sharding.use_mesh(mesh, rules):
-          state, call_metrics = step_fn_for(growth.accumulate, k)(state, batch, reference)
-        call_metrics = jax.device_get(call_metrics)
-        tokens_per_s, call_time = throughput.tick(k * growth.accumulate * config.train.batch_size * config.train.seq_len)
-        for i, local in enumerate(locals_):
-          step_number += 1
-          step_metrics = call_metrics if k == 1 else {n: v[i] for n, v in call_metrics.items()}
-          meta["tokens_seen"] += int(np.sum(np.asarray(local["segment_ids"]) != 0)) * jax.process_count()
-          step_metrics["batch_size"] = growth.accumulate * config.train.batch_size
-          if step_metrics["finite"]:
-            meta["nonfinite_in_a_row"] = 0
-          else:
-            meta["nonfinite_in_a_row"] += 1
-            meta["nonfinite_total"] += 1
-          last = {**step_metrics, "tokens_seen": meta["tokens_seen"], "tokens_per_s": tokens_per_s,
-                  "step_time": call_time / k, "nonfinite_total": meta["nonfinite_total"]}
-          util = flops.mfu(tokens_per_s, per_token_flops)
-          if util is not None:
-            last["mfu"] = util
-          if step_number % config.train.log_every == 0 or step_number == end:
-            writer.write(step_number, last)
-          progress.update(step_number, float(step_metrics["loss"]), tokens_per_s)
-          if meta["nonfinite_in_a_row"] >= config.train.max_nonfinite:
-            raise TrainingHalted(
-                f"{meta['nonfinite_in_a_row']} non-finite steps in a row at step {step_number} "
-                f"(train.max_nonfinite={config.train.max_nonfinite}); the last checkpoint is intact. "
-                "Lower optimizer.lr, raise warmup, or check the data")
-        if evaluate and eval_every and step_number % eval_every == 0 and step_number != end:
-          results = _run_evals(evaluate, evaluators, state.params, step_number)
-          growth.observe(results.get("loss"))
-          writer.write(step_number, results, metrics_lib.EVAL_FILE)
-        if preemption.requested or checkpointer.reached_preemption(step_number):
-          save(step_number)
-          checkpointer.wait()
-          print(f"preempted: saved step {step_number} to {checkpointer.directory}; rerun to resume", flush=True)
-          return {"preempted": True, "step": step_number, **last}
-        if checkpointer.due(step_number, end):
-          save(step_number)
-    final_evals = {}
-    if end == config.train.steps and (evaluate or evaluators) and start < end:
-      final_evals = _run_evals(evaluate, evaluators, state.params, end)
-      writer.write(end, final_evals, metrics_lib.EVAL_FILE)
-    return {"step": end, **last, **{f"eval/{k}": v for k, v in final_evals.items()}}
-  finally:
-    progress.close()
-    writer.close()
-    checkpointer.close()
+  def _save(self, step: int) -> None:
+    from yijax.data import pipeline
+
+    if not step_lib.all_finite(self.state.params):
+      raise TrainingHalted(f"parameters are not finite at step {step}; not checkpointing")
+    state = self.state
+    self.checkpointer.save(step, state.params, (state.opt_state, state.step, state.rng),
+                           dict(self.meta, step=step, time=time.time()), pipeline.iterator_state(self.iterator),
+                           json.loads(self.config.to_json_best_effort()), self.model_config)
+    self.writer.sync()  # the metrics up to a checkpoint are as durable as the checkpoint (remote workdirs)
+
+  def close(self) -> None:
+    for part in ("progress", "writer", "checkpointer"):
+      if hasattr(self, part):
+        getattr(self, part).close()
 
 
 class BatchGrowth:

@@ -25,8 +25,8 @@ from yijax.errors import ConfigError, DataError, MissingFileError
 
 HELD_OUT = 0.1
 PLAN = "quickstart.json"
-MIN_STEPS = 5
-LOOP_OVERHEAD = 1.1
+MIN_STEPS = 8  # two calls of the default 4 steps
+LOOP_OVERHEAD = 1.15
 RUN_START_S = 8.0
 
 
@@ -199,11 +199,12 @@ def train_on_text(files: Sequence[str], workdir: str, budget_s: float, seed: int
     # out part forward only (about a third of a step per batch) and saves
     seconds *= LOOP_OVERHEAD
     reserve = first_call + RUN_START_S + eval_batches * seconds / 3 + 0.04 * budget_s
-    steps = max(MIN_STEPS, int((budget_s - (time.time() - start) - reserve) / seconds))
-    steps -= steps % recipe.steps_per_call if steps > recipe.steps_per_call else 0  # whole calls
-    if steps == MIN_STEPS:
-      print(f"the budget of {budget_s:.0f} s leaves less than {MIN_STEPS} steps of {seconds:.2f} s after "
-            f"preparation and measuring ({time.time() - start:.0f} s); training {MIN_STEPS} steps anyway", flush=True)
+    k = recipe.steps_per_call  # whole compiled calls of k steps
+    least = k * math.ceil(MIN_STEPS / k)
+    steps = max(least, int((budget_s - (time.time() - start) - reserve) / seconds) // k * k)
+    if steps == least:
+      print(f"the budget of {budget_s:.0f} s leaves less than {least} steps of {seconds:.2f} s after "
+            f"preparation and measuring ({time.time() - start:.0f} s); training {least} steps anyway", flush=True)
     plan = {"recipe": dataclasses.asdict(recipe), "step_time_s": seconds, "steps": steps, "seed": seed,
             "prepare_s": prepared_s, "measure_s": time.time() - start - prepared_s, "first_call_s": first_call,
             "budget_s": budget_s, "eval_batches": eval_batches, **counts}

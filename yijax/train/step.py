@@ -26,7 +26,7 @@ class TrainState:
 
 
 def _boxed_init(config: ModelConfig, optimizer: optax.GradientTransformation, seed: int):
-  init_model = models._init_fn(config)
+  init_model = models.init_fn(config)
 
   def init():
     params = init_model(jax.random.key(seed))

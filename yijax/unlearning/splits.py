@@ -37,7 +37,7 @@ PAPER_SETS = ("forget", "approximate", "retain", "general_retain", "general_eval
 def _ordered(source: str, min_bytes: int, max_bytes: int) -> list[tuple[str, str]]:
   docs = []
   for doc_id in corpus.document_ids(source):
-    text = corpus._read_text(source, doc_id)
+    text = corpus.read_text(source, doc_id)
     size = len(text.encode("utf-8"))
     if min_bytes <= size <= max_bytes:
       docs.append((hashlib.sha256(doc_id.encode()).hexdigest(), doc_id, text))

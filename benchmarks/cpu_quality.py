@@ -139,6 +139,8 @@ def main(argv=None):
   parser.add_argument("--text", required=True, help="one text file (tinyshakespeare in the issue)")
   parser.add_argument("--budgets", default="94", help="seconds, comma-separated; the first sets nanoGPT's speed")
   parser.add_argument("--seed", type=int, default=0, help="yijax's seed (nanoGPT's is its own, 1337)")
+  parser.add_argument("--nanogpt_iters", type=int, default=NANOGPT_ITERS, help="nanoGPT's iterations at the "
+                      "first budget (its README's 2000)")
   parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
@@ -154,7 +156,7 @@ def main(argv=None):
         f"{len(train.encode()):,} train bytes, {len(heldout.encode()):,} held-out bytes\n", flush=True)
   rows, results, speed = [], [], None
   for budget in (float(b) for b in args.budgets.split(",")):
-    iters = NANOGPT_ITERS if speed is None else max(EVAL_INTERVAL, int(round(budget / speed / EVAL_INTERVAL)) * EVAL_INTERVAL)
+    iters = args.nanogpt_iters if speed is None else max(EVAL_INTERVAL, int(round(budget / speed / EVAL_INTERVAL)) * EVAL_INTERVAL)
     nano = run_nanogpt(work, iters)
     nano.update(score_nanogpt(work, nano["out_dir"]))
     if speed is None:

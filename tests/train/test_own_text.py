@@ -69,3 +69,11 @@ def test_quickstart_on_own_text_within_a_budget(tmp_path, capsys):
                    "--max_new_tokens=4"]) == 0
   assert json.load(open(workdir / own_text.PLAN)) == plan
   assert np.isfinite(records[-1]["loss"])
+
+
+def test_pieces_cut_at_line_ends_and_lose_nothing():
+  text = "".join(f"line {i} " + "x" * (i % 37) + "\n" for i in range(2000))
+  parts = own_text.pieces(text, 1000)
+  assert "".join(parts) == text and all(p.endswith("\n") for p in parts)
+  assert all(500 <= len(p) <= 1000 for p in parts[:-1])
+  assert own_text.pieces("a" * 2500, 1000) == ["a" * 1000, "a" * 1000, "a" * 500]  # no line end: cut anyway

@@ -78,7 +78,8 @@ def _samples(workdir: str, prompt_text: str, max_new_tokens: int) -> None:
 def _own_text(fv, start: float) -> int:
   from yijax.train import own_text
 
-  out = own_text.train_on_text(fv.text, fv.workdir, fv.budget_s, fv.seed)
+  # the budget counts from this process's start (interpreter and imports included), as a wall clock would
+  out = own_text.train_on_text(fv.text, fv.workdir, fv.budget_s, fv.seed, start=own_text.process_start_time())
   plan, result = out["plan"], out["result"]
   print(f"\nrecipe: {plan['recipe']}; {plan['steps']} steps at {plan['step_time_s']:.3f} s/step (measured)")
   del result  # a rerun of a finished run returns no evaluation: read the final one from eval.jsonl

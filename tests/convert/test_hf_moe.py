@@ -73,7 +73,7 @@ def _random_params(config, seed=0, std=0.1):
   params = {}
   for path, shape in hf_moe.param_shapes(config).items():
     value = (1.0 if path[-1] == "scale" else 0.0) + std * rng.standard_normal(shape)
-    hf._set(params, path, value.astype(np.float32))
+    hf.set_path(params, path, value.astype(np.float32))
   return params
 
 

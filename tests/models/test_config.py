@@ -48,3 +48,9 @@ def test_yi_values():
   assert (yi34.hidden_size, yi34.num_layers, yi34.num_heads, yi34.num_kv_heads, yi34.mlp_dim) == (
       7168, 60, 56, 8, 20480)
   assert presets.get("yi_9b").replace(num_layers=32) == yi6
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1, float("nan")])
+def test_dropout_rate_out_of_range(rate):
+  with pytest.raises(ConfigError, match=r"model\.dropout_rate must be in \[0, 1\)"):
+    ModelConfig(dropout_rate=rate).validate()

@@ -1,11 +1,13 @@
 """The train step: microbatching is exact, non-finite steps are skipped."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from yijax import sharding
+from yijax import models, sharding
 from yijax.models.config import ModelConfig
 from yijax.train import optimizer as opt_lib, step as step_lib
 
@@ -70,3 +72,34 @@ def test_non_finite_step_is_skipped():
   for a, b in zip(jax.tree.leaves(new.opt_state), jax.tree.leaves(bad.opt_state)):
     np.testing.assert_array_equal(a, b)
   assert not step_lib.all_finite(bad.params) and step_lib.all_finite(state.params)
+
+
+def test_dropout_only_in_the_train_step_and_reproducible():
+
+  dropped = dataclasses.replace(CONFIG, dropout_rate=0.3)
+  tx, schedule = opt_lib.make_optimizer(_opt(), 10)
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  state = step_lib.init_state(dropped, tx, mesh, sharding.DEFAULT_RULES, seed=0)
+  batch = _batch()
+  # without a key (eval, scoring, generation) the model is the dropout-free one
+  plain = models.apply(CONFIG, state.params, batch["tokens"], batch["positions"], batch["segment_ids"])
+  same = models.apply(dropped, state.params, batch["tokens"], batch["positions"], batch["segment_ids"])
+  np.testing.assert_array_equal(plain, same)
+  key = jax.random.key(3)
+  a = models.apply(dropped, state.params, batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=key)
+  b = models.apply(dropped, state.params, batch["tokens"], batch["positions"], batch["segment_ids"], dropout_rng=key)
+  np.testing.assert_array_equal(a, b)
+  assert float(jnp.max(jnp.abs(a - plain))) > 1e-3
+  # the train step drops units (its loss differs from the dropout-free step's), the same way for the same step
+  # (an exact resume), and differently at the next step
+  step_plain = jax.jit(step_lib.make_train_step(CONFIG, tx, schedule, 1e-4, 16, 1))
+  step_drop = jax.jit(step_lib.make_train_step(dropped, tx, schedule, 1e-4, 16, 1))
+  _, m_plain = step_plain(state, batch)
+  _, m1 = step_drop(state, batch)
+  _, m1_again = step_drop(state, batch)
+  _, m2 = step_drop(state.replace(step=state.step + 1), batch)
+  assert float(m1["loss"]) == float(m1_again["loss"])
+  assert abs(float(m1["loss"]) - float(m_plain["loss"])) > 1e-4
+  assert abs(float(m2["loss"]) - float(m1["loss"])) > 1e-4
+  new, m = jax.jit(step_lib.make_train_step(dropped, tx, schedule, 1e-4, 16, 2))(state, batch)
+  assert int(m["finite"]) == 1 and np.isfinite(float(m["loss"]))

@@ -55,6 +55,9 @@ class ModelConfig:
   context_parallel: str = "auto"
   remat_policy: str = "none"
   scan_unroll: int = 1                 # layers per step of the layer scan (compute only; >1 can help small models)
+  # training only: dropout on the embeddings and on each block's attention and MLP outputs (GPT-2's residual
+  # dropout); active only where the train step passes a dropout key (never in eval, scoring or generation)
+  dropout_rate: float = 0.0
   # --- hybrid attention (Yi-Lightning) ---
   attention_pattern: str = ""          # per-layer kinds repeated over the layers: F = full, S = sliding
   sliding_window: int = 0              # tokens a sliding layer sees (itself included)
@@ -151,6 +154,8 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+    if not isinstance(self.dropout_rate, (int, float)) or not 0.0 <= self.dropout_rate < 1.0:
+      raise ConfigError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(
           f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads="

@@ -53,6 +53,15 @@ def remat_policy(name: str):
   raise ValueError(f"no remat policy named {name!r}")
 
 
+def dropout(config: ModelConfig, module: nn.Module, x):
+  """x with config.dropout_rate of its entries zeroed (the rest scaled up) where the caller passed a
+  "dropout" key (models.apply(dropout_rng=...)); x unchanged otherwise."""
+  if not config.dropout_rate or not module.has_rng("dropout"):
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - config.dropout_rate, x.shape)
+  return jnp.where(keep, x / (1.0 - config.dropout_rate), 0).astype(x.dtype)
+
+
 class DecoderBlock(nn.Module):
   """Pre-norm block: attention (full or sliding, own or shared K/V), then SwiGLU or MoE.
 
@@ -73,14 +82,14 @@ class DecoderBlock(nn.Module):
     attn_out, new_cache, view = Attention(cfg, self.window, self.owns_kv, name="attention")(
         RMSNorm(name="attention_norm", **norm)(x), positions, segment_ids, cache, shared
     )
-    x = x + attn_out
+    x = x + dropout(cfg, self, attn_out)
     h = RMSNorm(name="mlp_norm", **norm)(x)
     if self.moe:
       mlp_out = MoEBlock(cfg, name="mlp")(h, segment_ids)
     else:
       mlp_out = SwiGLU(cfg.hidden_size, cfg.mlp_dim, init_std=cfg.init_std, dtype=cfg.dtype,
                        param_dtype=cfg.param_dtype, name="mlp")(h)
-    x = sharding.constrain(x + mlp_out, ("batch", "length", "embed"))
+    x = sharding.constrain(x + dropout(cfg, self, mlp_out), ("batch", "length", "embed"))
     return (x, new_cache, view) if return_view else (x, new_cache)
 
 
@@ -181,7 +190,7 @@ class Transformer(nn.Module):
       stacks.append(nn.scan(
           block,
           variable_axes={"params": 0, "losses": 0, "stats": 0},
-          split_rngs={"params": True},
+          split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, 0),
           length=length,
           unroll=max(1, min(cfg.scan_unroll, length)),
@@ -199,7 +208,7 @@ class Transformer(nn.Module):
   def __call__(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    x = sharding.constrain(self.embed(tokens), ("batch", "length", "embed"))
+    x = sharding.constrain(dropout(self.config, self, self.embed(tokens)), ("batch", "length", "embed"))
     new_cache = None if cache is None else {}
     for name, stack in zip(self.stack_names, self.stacks):
       x, stack_cache = stack(x, positions, segment_ids, None if cache is None else cache[name])

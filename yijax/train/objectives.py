@@ -30,8 +30,10 @@ from yijax.train import loss as losses
 
 
 def hidden_and_aux(config: ModelConfig, params, batch):
+  """The final hidden states and the model's aux; batch["dropout_rng"], which the train step adds when
+  model.dropout_rate > 0, turns dropout on."""
   return models.apply(config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
-                      return_hidden=True, return_aux=True)
+                      return_hidden=True, return_aux=True, dropout_rng=batch.get("dropout_rng"))
 
 
 def token_nll(config: ModelConfig, params, batch, vocab_chunk: int):

@@ -46,6 +46,8 @@ class Recipe:
   steps_per_call: int = 4  # optimizer steps per compiled call (no dispatch or host sync between them)
   lr: float = 3e-3
   warmup_fraction: float = 0.05
+  dropout: float = 0.0  # model.dropout_rate
+  weight_decay: float = 0.1
 
 
 def recipe_for(budget_s: float) -> Recipe:
@@ -144,7 +146,7 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
       "tiny", vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
       num_heads=recipe.num_heads, num_kv_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
       mlp_dim=recipe.mlp_dim, max_seq_len=max(recipe.seq_len, 128),
-      scan_unroll=recipe.scan_unroll or recipe.num_layers)
+      scan_unroll=recipe.scan_unroll or recipe.num_layers, dropout_rate=recipe.dropout)
   config.data.prepared_dir = prepared
   config.data.sources = {"text": 1.0}
   config.train.steps = steps
@@ -155,6 +157,7 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
   config.train.steps_per_call = recipe.steps_per_call
   config.train.tensorboard = False  # importing its writer alone costs seconds of a small budget
   config.optimizer.lr = recipe.lr
+  config.optimizer.weight_decay = recipe.weight_decay
   config.optimizer.warmup_steps = max(1, int(math.ceil(recipe.warmup_fraction * steps)))
   config.checkpoint.every_steps = steps
   config.checkpoint.keep_last = 1

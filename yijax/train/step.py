@@ -71,24 +71,34 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
   objective_fn = objectives.resolve(objective)
   options = {**dict(objective_options or {}), "z_loss": z_loss, "vocab_chunk": vocab_chunk}
 
-  def grads_of(params, batch, reference):
+  def grads_of(params, batch, reference, rng=None):
+    if rng is not None:
+      batch = {**batch, "dropout_rng": rng}
+
     def f(p):
       total, denominator, sums, aux = objective_fn(config, p, batch, reference, options)
       return total, (denominator, sums, aux["losses"], aux["stats"])
     return jax.grad(f, has_aux=True)(params)
 
   def train_step(state: TrainState, batch, reference=None):
+    # dropout's key: the run's key and the step (so a resumed run drops the same units), then the microbatch
+    rng = None
+    if config.dropout_rate:
+      rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if microbatches == 1:
-      grads, (denominator, sums, aux, stats) = grads_of(state.params, batch, reference)
+      grads, (denominator, sums, aux, stats) = grads_of(state.params, batch, reference, rng)
     else:
       split = jax.tree.map(lambda x: x.reshape((microbatches, -1) + x.shape[1:]), batch)
-      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], split), reference)
+      shapes = jax.eval_shape(grads_of, state.params, jax.tree.map(lambda x: x[0], split), reference, rng)
       zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
 
       def accumulate(carry, micro):
-        return jax.tree.map(jnp.add, carry, grads_of(state.params, micro, reference)), None
+        micro, i = micro
+        micro_rng = None if rng is None else jax.random.fold_in(rng, i)
+        return jax.tree.map(jnp.add, carry, grads_of(state.params, micro, reference, micro_rng)), None
 
-      (grads, (denominator, sums, aux, stats)), _ = jax.lax.scan(accumulate, zeros, split)
+      (grads, (denominator, sums, aux, stats)), _ = jax.lax.scan(
+          accumulate, zeros, (split, jnp.arange(microbatches)))
       aux, stats = jax.tree.map(lambda a: a / microbatches, (aux, stats))
     denominator = jnp.maximum(denominator, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)

@@ -71,3 +71,38 @@ def test_library_code_leaves_process_state_alone():
   # no global matplotlib backend switch or pyplot figure registry (plots go through the Figure API)
   found = [rel for rel, text in _sources() if "matplotlib.use(" in text or "import matplotlib.pyplot" in text]
   assert not found, found
+  # no swapping of the process's streams: library output goes through the `yijax` logger's handlers
+  swapped = [rel for rel, text in _sources() if re.search(r"^\s*sys\.(stdout|stderr)\s*(,\s*sys\.\w+\s*)?=", text, re.M)]
+  assert not swapped, swapped
+
+
+def test_no_import_cycles():
+  """No two yijax modules import each other, directly or around a loop (function-level imports count)."""
+  import ast
+
+  modules = {}
+  for rel, text in _sources():
+    name = rel[:-3].replace(os.sep, ".")
+    modules[name[:-len(".__init__")] if name.endswith(".__init__") else name] = text
+  edges = {}
+  for name, text in modules.items():
+    targets = set()
+    for node in ast.walk(ast.parse(text)):
+      if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("yijax"):
+        targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names}
+      elif isinstance(node, ast.Import):
+        targets |= {a.name for a in node.names if a.name.startswith("yijax")}
+    edges[name] = {t for t in targets if t in modules and t not in (name, "yijax")}
+
+  def reaches(start):
+    seen, todo = set(), list(edges[start])
+    while todo:
+      node = todo.pop()
+      if node not in seen:
+        seen.add(node)
+        todo += edges[node]
+    return seen
+
+  cycles = sorted({tuple(sorted((a, b))) for a in edges for b in reaches(a) if a in reaches(b) and a != b})
+  assert not cycles, cycles

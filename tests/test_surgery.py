@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from yijax import cli, models, sharding, surgery
+from yijax.analysis import layer_cosine
 from yijax.convert import hf
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.models.layers import RMSNorm
@@ -43,7 +44,7 @@ def test_select_block_and_growth_timing():
   assert surgery.select_block(cosine, 4) == (2, 6)                      # layers 1..5 eligible
   assert surgery.select_block(cosine, 4, "min_cosine") == (1, 5)
   assert surgery.select_block(cosine, 4, "middle") == (2, 6)
-  assert surgery.model_level_cosine(cosine) == pytest.approx(np.mean(cosine[1:6]))
+  assert layer_cosine.model_level_cosine(cosine) == pytest.approx(np.mean(cosine[1:6]))
   with pytest.raises(ConfigError, match="does not fit"):
     surgery.select_block(cosine, 6)
   # 7B target on 300B tokens: the paper's fit says grow after ~20B tokens
@@ -140,7 +141,7 @@ def test_layer_cosine_equals_transformers_hidden_states(tmp_path, hf_llama):
     states = [h.double() for h in model(torch.tensor(tokens), output_hidden_states=True).hidden_states]
   expected = [torch.nn.functional.cosine_similarity(a, b, dim=-1)[:, 1:].mean().item()
               for a, b in zip(states[:-1], states[1:])]
-  result = surgery.layer_cosine(config, params, tokens)
+  result = layer_cosine.layer_cosine(config, params, tokens)
   np.testing.assert_allclose(result["per_layer"], expected, atol=2e-6)
   assert result["model_level"] == pytest.approx(expected[1], abs=2e-6)  # 4 layers: only layer 1 is inner
   assert result["tokens"] == 2 * 22

@@ -24,7 +24,6 @@ Yi used to pick the block to duplicate), `select_block` applies that rule, and
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -173,57 +172,6 @@ def duplicate_layers(params: Any, order: Sequence[int], *, new_layers: str = "co
 # ----------------------------------------------------------------------------- layer cosine
 
 
-@functools.lru_cache(maxsize=8)
-def _cosine_fn(config: ModelConfig):
-  """jit(params, tokens, positions, segment_ids) -> (per-layer mean cosine [L], scored tokens)."""
-  from yijax.models.transformer import DecoderBlock
-
-  _, _, kwargs, _, _ = _dense_stack(config)
-  block = DecoderBlock(config.replace(remat_policy="none"), **kwargs)
-
-  def run(params, tokens, positions, segment_ids):
-    x = jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.dtype)
-    mask = (segment_ids != 0) & (positions != 0)  # no padding, no first token of a document
-    count = jnp.maximum(jnp.sum(mask), 1)
-
-    def one_layer(x, layer_params):
-      y, _ = block.apply({"params": layer_params}, x, positions, segment_ids, None)
-      a, b = x.astype(jnp.float32), y.astype(jnp.float32)
-      cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-30)
-      return y, jnp.sum(jnp.where(mask, cos, 0.0)) / count
-
-    _, per_layer = jax.lax.scan(one_layer, x, params["layers"])
-    return per_layer, jnp.sum(mask)
-
-  return jax.jit(run)
-
-
-def model_level_cosine(per_layer: Sequence[float]) -> float | None:
-  """The mean over layers excluding the first and the last two (None below 4 layers)."""
-  inner = list(per_layer)[1:-2]
-  return float(np.mean(inner)) if inner else None
-
-
-def layer_cosine(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None) -> dict:
-  """Per layer, the cosine between each token's hidden state before and after the layer,
-  averaged over tokens (padding and each document's first token excluded); and the
-  model-level value (model_level_cosine). tokens: [batch, length] int ids."""
-  tokens = np.asarray(tokens, np.int32)
-  if tokens.ndim == 1:
-    tokens = tokens[None]
-  segment_ids = np.ones_like(tokens) if segment_ids is None else np.asarray(segment_ids, np.int32).reshape(tokens.shape)
-  if positions is None:
-    from yijax.eval.perplexity import positions_from_segments
-
-    positions = positions_from_segments(segment_ids)
-  positions = np.asarray(positions, np.int32).reshape(tokens.shape)
-  per_layer, count = jax.device_get(_cosine_fn(config)(params, tokens, positions, segment_ids))
-  if int(count) == 0:
-    raise ConfigError("layer_cosine scored no tokens: every row is padding or one token long")
-  per_layer = [float(v) for v in per_layer]
-  return {"per_layer": per_layer, "model_level": model_level_cosine(per_layer), "tokens": int(count)}
-
-
 def select_block(per_layer: Sequence[float], size: int, policy: str = "max_cosine", exclude_first: int = 1,
                  exclude_last: int = 2) -> tuple[int, int]:
   """(start, end) of the contiguous block of `size` layers to duplicate, inside
@@ -279,7 +227,7 @@ def grow_model_dir(source: str, out: str, order: Sequence[int], new_layers: str 
   from yijax import models
   from yijax.train import params_io
 
-  from yijax.convert.hf import check_replaceable
+  from yijax.convert.common import check_replaceable
 
   out = os.path.abspath(out)
   paths.check_output_dir(out)

@@ -9,7 +9,7 @@ from yijax.analysis.stability_gap import gap_metrics
 from yijax.data import synthetic_worlds as worlds
 from yijax.eval import dense, multiple_choice
 from yijax.models.config import ConfigError
-from yijax.train import layerwise
+from yijax.train import evaluation, layerwise
 from yijax.train.config import base_config
 
 
@@ -60,7 +60,8 @@ def test_dense_evaluation_fields_and_negative_freeze_indices(tiny_config):
     dense.check(config)
   config.eval.batches = 1
   config.train.steps = 100
-  evaluate = dense.tasks_evaluator(config)
+  context = evaluation.context(tiny_config, total_steps=100)  # no tokenizer: reading it would fail
+  evaluate = dense.tasks_evaluator(config)(context)
   assert evaluate(None, 4) == {}  # not a multiple of tasks_every_steps: nothing scored, nothing read
   assert dense.task_key("/data/tasks/pubmedqa.jsonl") == "pubmedqa" and dense.task_key("arith") == "arith"
   import jax

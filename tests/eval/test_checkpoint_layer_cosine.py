@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from yijax import models, surgery
+from yijax import models
+from yijax.analysis import layer_cosine
 from yijax.data import pipeline
 from yijax.data.tokenizer import Tokenizer
 from yijax.eval import checkpoints
@@ -33,7 +34,7 @@ def test_layer_cosine_at_every_checkpoint(tmp_path, prepared_data):
   rows = [tokenizer.encode(t, add_bos=True)[:40] for t in texts]
   tokens = np.array([r + [0] * (40 - len(r)) for r in rows])
   segments = np.array([[1] * len(r) + [0] * (40 - len(r)) for r in rows])
-  expected = surgery.layer_cosine(config, saved[20], tokens, segment_ids=segments)
+  expected = layer_cosine.layer_cosine(config, saved[20], tokens, segment_ids=segments)
   values = {r["metric"]: r["value"] for r in records if r["step"] == 20}
   np.testing.assert_allclose([values[f"layer/{i}"] for i in range(5)], expected["per_layer"], rtol=1e-6)
   assert values["model_level"] == pytest.approx(np.mean(expected["per_layer"][1:3]))

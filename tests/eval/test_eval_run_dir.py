@@ -1,4 +1,5 @@
-"""`yijax eval --run_dir` over a directory of checkpoints (resumable after a kill) and `yijax eval mia`."""
+"""`yijax eval --run_dir` over a directory of checkpoints (resumable after a kill), `yijax eval mia`, and the
+subcommands with their own flags (checkpoints scored on a mesh equal one device)."""
 
 import json
 
@@ -74,3 +75,25 @@ def test_eval_mia_cli_prints_and_writes_min_k_metrics(tmp_path, prepared_data):
                                     mia.text_chunks(texts[3:], tok, 32), 32, (30, 100))
   np.testing.assert_allclose(sorted(got["auc"].values()), sorted(direct["auc"].values()), rtol=1e-6)
   assert cli.main(argv[:3] + argv[4:]) == 1  # no --ckpt: a usage error, not a traceback
+
+
+def test_eval_subcommands_have_their_own_flags_and_score_on_a_mesh(tmp_path, prepared_data, capsys):
+  tokenizer = pipeline.read_manifest(prepared_data)["tokenizer"]["path"]
+  _released(tmp_path / "run", [("tokens-1B", 4)])
+  base = ["yijax", "eval", "checkpoints", f"--run_dir={tmp_path / 'run'}", "--tasks=arith,bpb_code",
+          f"--tokenizer={tokenizer}", "--batch_size=16"]
+  assert cli.main(base + [f"--output={tmp_path / 'one.jsonl'}"]) == 0
+  assert cli.main(base + [f"--output={tmp_path / 'mesh.jsonl'}", "--mesh=fsdp:4,tensor:2"]) == 0
+  one = {(r["task"], r["metric"]): r["value"] for r in _lines(tmp_path / "one.jsonl")}
+  on_mesh = {(r["task"], r["metric"]): r["value"] for r in _lines(tmp_path / "mesh.jsonl")}
+  assert one.keys() == on_mesh.keys() and one[("arith", "acc")] == on_mesh[("arith", "acc")]
+  np.testing.assert_allclose([on_mesh[k] for k in one], list(one.values()), rtol=1e-5)
+  capsys.readouterr()
+  assert cli.main(["yijax", "eval", "needle", "--help"]) == 0
+  needle_help = capsys.readouterr().out
+  assert "--num_depths" in needle_help and "--multiple_choice" not in needle_help and "--members" not in needle_help
+  assert cli.main(["yijax", "eval", "score", "--help"]) == 0
+  score_help = capsys.readouterr().out
+  assert "--mesh" in score_help and "--num_depths" not in score_help
+  assert cli.main(["yijax", "eval", "bogus", f"--ckpt={tmp_path / 'run' / 'tokens-1B'}"]) == 1
+  assert "unknown eval subcommand 'bogus'" in capsys.readouterr().err

@@ -11,7 +11,8 @@ import pytest
 
 from lm_eval_reference import train_small_tokenizer
 from yijax import models
-from yijax.eval import perplexity, scoring
+from yijax.eval import perplexity
+from yijax.train import scoring
 from yijax.models.config import ModelConfig
 
 SEQ_LEN = 32

@@ -94,8 +94,12 @@ def test_skip_change_refusal_failure_and_dry_run(tmp_path, study_file, capsys):
 
   study = configlib.load_config(f"{study_file}:smoke")
   workdir = tmp_path / "study"
+  stdout = sys.stdout
   first = runner.run_study(study, str(workdir))
   assert first["ran"] == ["zz_base", "continued", "report"]
+  # the stage log holds what the library logged during the stage, through a handler: stdout never swapped
+  assert "initialized from" in (workdir / "continued" / "log.txt").read_text() and sys.stdout is stdout
+  assert "initialized from" not in (workdir / "zz_base" / "log.txt").read_text()
   second = runner.run_study(configlib.load_config(f"{study_file}:smoke"), str(workdir))
   assert second["ran"] == [] and second["skipped"] == ["zz_base", "continued", "report"]
   changed = configlib.load_config(f"{study_file}:smoke", {"stages.zz_base.run.train.steps": 5})

@@ -108,11 +108,18 @@ def test_continual_pretraining_starts_from_given_params(tmp_path, prepared_data)
 
 def test_periodic_evaluation_and_run_dir_contents(tmp_path, prepared_data):
   workdir = tmp_path / "evals"
-  seen = []
+  seen, contexts = [], []
+
+  def build(context):  # called once, with the run's context: a scorer on its mesh, its tokenizer
+    contexts.append(context)
+    return lambda params, step: seen.append(step) or {"custom": float(step)}
+
   result = loop.train(_config(prepared_data, **{"eval.batches": 2, "eval.every_steps": 2}), str(workdir),
-                      evaluators=[lambda params, step: seen.append(step) or {"custom": float(step)}])
+                      evaluators=[build])
   records = [json.loads(line) for line in open(workdir / "eval.jsonl")]
   assert [r["step"] for r in records] == [2, 4, 6] and seen == [2, 4, 6]
+  assert len(contexts) == 1 and contexts[0].scorer.mesh is not None and contexts[0].total_steps == 6
+  assert contexts[0].tokenizer.vocab_size > 0
   assert all(r["bits_per_byte"] > 0 and r["perplexity"] > 1 for r in records)
   assert result["eval/custom"] == 6.0
   assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
@@ -249,3 +256,17 @@ def test_several_steps_per_call_match_step_by_step(tmp_path, prepared_data):
   _, b = params_io.load_model(str(resumed))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_validation_prepares_nothing_and_changes_nothing(tmp_path, monkeypatch, prepared_data):
+  from yijax.train import validation
+
+  monkeypatch.setenv("YIJAX_CACHE_DIR", str(tmp_path / "cache"))
+  config = _config("")  # no data given: the run would prepare the embedded corpus
+  before = config.to_json()
+  plan = validation.check_run_config(config)
+  assert config.to_json() == before and plan.data is None and not (tmp_path / "cache").exists()
+  given = _config(prepared_data)
+  plan = validation.resolve_data(given, validation.check_run_config(given))
+  assert plan.data.prepared_dir == prepared_data and plan.data is not given.data and plan.token_bytes is not None
+  assert given.to_json() == _config(prepared_data).to_json()

@@ -1,6 +1,6 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo, 4 CPU devices each)
 train on the global 8-device mesh through `yijax train` and log the same
-losses as one process with 8 devices."""
+losses, held-out loss and in-training task scores as one process with 8 devices."""
 
 import json
 import os
@@ -20,6 +20,7 @@ ARGS = [
     "--config.eval.batches=2",
     "--config.eval.every_steps=0",
     "--config.data.logical_shards=2",
+    "--config.eval.tasks=arith",  # scored in training on the run's mesh: across both processes
 ]
 
 
@@ -67,5 +68,7 @@ def test_two_processes_match_one(tmp_path, prepared_data):
   evals = [json.loads(line) for line in open(multi / "eval.jsonl")]
   single_evals = [json.loads(line) for line in open(single / "eval.jsonl")]
   assert abs(evals[-1]["loss"] - single_evals[-1]["loss"]) <= 1e-5 * single_evals[-1]["loss"]
+  assert evals[-1]["tasks/arith/acc"] == single_evals[-1]["tasks/arith/acc"]
+  assert evals[-1]["tasks/arith/acc_norm"] == single_evals[-1]["tasks/arith/acc_norm"]
   assert sorted(os.listdir(multi / "checkpoints" / "3" / "data")) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]

@@ -103,3 +103,19 @@ def test_dropout_only_in_the_train_step_and_reproducible():
   assert abs(float(m2["loss"]) - float(m1["loss"])) > 1e-4
   new, m = jax.jit(step_lib.make_train_step(dropped, tx, schedule, 1e-4, 16, 2))(state, batch)
   assert int(m["finite"]) == 1 and np.isfinite(float(m["loss"]))
+
+
+def test_dropout_drops_its_rate_and_keeps_the_mean():
+  import flax.linen as nn
+
+  from yijax.models import transformer
+
+  class Dropped(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return transformer.dropout(dataclasses.replace(CONFIG, dropout_rate=0.3), self, x)
+
+  x = jnp.ones((200, 1000), jnp.float32)
+  y = Dropped().apply({}, x, rngs={"dropout": jax.random.key(0)})
+  assert abs(float(jnp.mean(y == 0)) - 0.3) < 0.01 and abs(float(jnp.mean(y)) - 1.0) < 0.01
+  np.testing.assert_array_equal(Dropped().apply({}, x), x)  # no key: no dropout

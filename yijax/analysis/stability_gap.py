@@ -19,11 +19,14 @@ gap.
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _jsonl(path: str) -> list[dict]:
@@ -188,5 +191,5 @@ def report(arms: dict, base: dict, keys: dict, items: dict, out_dir: str, labels
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths)
             + "\n")
-  print("\n".join(lines), flush=True)
+  log.info("\n".join(lines))
   return payload

@@ -26,3 +26,20 @@ def check_config_overrides(argv: list[str], name: str = "config") -> None:
   if spec is None:
     return
   configlib.check_overrides(configlib.load_config_file(spec), [a for a in argv if a.startswith(f"--{name}.")])
+
+
+def mesh_from_flag(text: str, flag: str = "--mesh"):
+  """A mesh from AXIS:SIZE,... (e.g. fsdp:-1 or fsdp:4,tensor:2; -1 = the remaining devices); "" = None."""
+  from yijax import sharding
+  from yijax.cli import UsageError
+
+  if not text.strip():
+    return None
+  shape = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    axis, _, size = part.partition(":")
+    try:
+      shape[axis] = int(size)
+    except ValueError:
+      raise UsageError(f"{flag}={text!r}: each entry is AXIS:SIZE, e.g. fsdp:-1 or fsdp:4,tensor:2") from None
+  return sharding.make_mesh(shape)

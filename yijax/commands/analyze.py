@@ -32,6 +32,7 @@ def define_flags(fv, argv):
 
 def run(fv, args):
   from yijax import surgery
+  from yijax.analysis import layer_cosine
   from yijax.data.tokenizer import Tokenizer
   from yijax.train import params_io
 
@@ -49,7 +50,7 @@ def run(fv, args):
   tokens = Tokenizer(tokenizer_path).encode(text, add_bos=True)[:min(fv.max_tokens, config.max_seq_len)]
   if len(tokens) < 2:
     raise UsageError("the text gives fewer than 2 tokens; the first is excluded, so give a longer --text")
-  result = {"ckpt": os.path.abspath(fv.ckpt), **surgery.layer_cosine(config, params, [tokens])}
+  result = {"ckpt": os.path.abspath(fv.ckpt), **layer_cosine.layer_cosine(config, params, [tokens])}
   if fv.block_size:
     start, end = surgery.select_block(result["per_layer"], fv.block_size)
     result["block"] = {"start": start, "end": end, "yi_upscale": f"{start}:{end}",

@@ -1,7 +1,11 @@
-"""yijax eval --ckpt=DIR [--data=PREPARED_DIR] [--multiple_choice=FILE.jsonl ...] [--tasks=arith,facts,... --seed=0]
-yijax eval --run_dir=RUN --tasks=arith,facts,layer_cosine,... [--steps=100,200 --output=FILE]
+"""yijax eval [score] --ckpt=DIR [--data=PREPARED_DIR] [--multiple_choice=FILE.jsonl ...] [--tasks=arith,... --seed=0]
+yijax eval checkpoints --run_dir=RUN --tasks=arith,facts,layer_cosine,... [--steps=100,200 --output=FILE]
 yijax eval needle --ckpt=DIR --out=DIR [--min_length=1000 --max_length=N --num_lengths=40 --num_depths=10 ...]
 yijax eval mia --ckpt=DIR --members=FILE --nonmembers=FILE [--tokenizer=PATH --chunk_len=N --k=30,40,50,60,100 --out=FILE]
+
+Each subcommand has its own flags (`yijax eval needle --help`); without one, `yijax eval --ckpt=...` scores
+and `yijax eval --run_dir=...` evaluates a run's checkpoints. score and checkpoints take --mesh=AXIS:SIZE,...
+to restore the parameters sharded and score with the trainer's shardings and kernels.
 
 Perplexity and bits per byte on held-out prepared data (packing- and
 mask-aware), and multiple-choice accuracy (acc, acc_norm) scored the way
@@ -23,37 +27,88 @@ from absl import flags
 
 from yijax import paths
 from yijax.cli import UsageError
+from yijax.commands import mesh_from_flag
+
+
+SUBCOMMANDS = {
+    "score": "perplexity / bits per byte on prepared data, multiple choice, the task battery (--ckpt)",
+    "checkpoints": "every kept checkpoint of a run on --tasks, resumable (--run_dir)",
+    "needle": "needle in a haystack over context lengths and depths (--ckpt --out)",
+    "mia": "Min-K% Prob membership inference (--ckpt --members --nonmembers)",
+}
+
+
+def subcommand(argv) -> str | None:
+  """The subcommand named after `yijax eval`: None without one (flags alone: score, or checkpoints with
+  --run_dir); an unknown word is returned as is and refused by run."""
+  return argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
 
 
 def define_flags(fv, argv):
+  sub = subcommand(argv)
+  if sub not in SUBCOMMANDS:
+    sub = None  # refused by run, after the flags parse
+  _define_common_flags(fv)
+  if sub in (None, "score"):
+    _define_score_flags(fv)
+  if sub in (None, "checkpoints"):
+    _define_checkpoint_flags(fv, also_score=sub is None)
+  if sub == "needle":
+    _define_needle_flags(fv)
+  if sub == "mia":
+    _define_mia_flags(fv)
+
+
+def _define_common_flags(fv):
+  flags.DEFINE_string("tokenizer", None, "sentencepiece model (default: the checkpoint's / the data's)",
+                      flag_values=fv)
+  flags.DEFINE_integer("batch_size", 8, "rows per batch", flag_values=fv)
+  flags.DEFINE_boolean("add_bos", False, "prefix BOS to multiple-choice contexts, needle prompts and mia texts",
+                       flag_values=fv)
+  flags.DEFINE_string("output", None, "write the results JSON here", flag_values=fv)
+
+
+def _define_score_flags(fv):
   flags.DEFINE_string("ckpt", None, "model dir, checkpoint step dir or run dir", flag_values=fv)
   flags.DEFINE_string("data", None, "prepared data dir (`yijax prepare --out`) for perplexity / bpb", flag_values=fv)
   flags.DEFINE_string("split", "validation", "split of --data to score", flag_values=fv)
   flags.DEFINE_list("sources", None, "sources of --data (default: all of the split)", flag_values=fv)
   flags.DEFINE_integer("seq_len", 0, "packed row length (default: min(1024, model.max_seq_len))", flag_values=fv)
-  flags.DEFINE_integer("batch_size", 8, "rows per batch", flag_values=fv)
   flags.DEFINE_integer("max_batches", 0, "score at most this many batches (0 = the whole split)", flag_values=fv)
   flags.DEFINE_multi_string("multiple_choice", [], "JSONL task file(s): context, choices, answer", flag_values=fv)
-  flags.DEFINE_string("tokenizer", None, "sentencepiece model (default: the checkpoint's / the data's)",
-                      flag_values=fv)
-  flags.DEFINE_boolean("add_bos", False, "prefix BOS to multiple-choice contexts and needle prompts", flag_values=fv)
   flags.DEFINE_string("records_dir", None, "write per-example multiple-choice records here", flag_values=fv)
-  flags.DEFINE_string("output", None, "write the results JSON here", flag_values=fv)
+  _define_task_flags(fv)
+  _define_mesh_flag(fv)
+
+
+def _define_task_flags(fv):
   flags.DEFINE_list("tasks", None, "offline battery (yijax/eval/tasks): bpb_docs, bpb_code, cloze_docs, cloze_code, "
-                    "arith, induction, facts, and/or JSONL task paths", flag_values=fv)
+                    "arith, induction, facts, and/or JSONL task paths (checkpoints: also layer_cosine)",
+                    flag_values=fv)
   flags.DEFINE_integer("seed", 0, "seed the --tasks are built from (facts: the seed of their pretraining text)",
                        flag_values=fv)
+
+
+def _define_mesh_flag(fv):
+  flags.DEFINE_string("mesh", "", "score on a device mesh, AXIS:SIZE,... (e.g. fsdp:-1 or fsdp:4,tensor:2): "
+                      "parameters restored sharded, batches sharded as in training (default: one device)",
+                      flag_values=fv)
+
+
+def _define_checkpoint_flags(fv, also_score: bool):
   flags.DEFINE_string("run_dir", None, "evaluate every kept checkpoint of this run (or a directory of converted "
                       "Hugging Face checkpoints) on --tasks; appends to DIR/eval/checkpoints.jsonl, resumable",
                       flag_values=fv)
-  flags.DEFINE_list("steps", None, "with --run_dir: only these checkpoint steps", flag_values=fv)
-  _define_needle_flags(fv)
-  _define_mia_flags(fv)
+  flags.DEFINE_list("steps", None, "only these checkpoint steps", flag_values=fv)
+  if not also_score:  # `yijax eval checkpoints`: its own copy of the task and mesh flags
+    _define_task_flags(fv)
+    _define_mesh_flag(fv)
 
 
 def _define_needle_flags(fv):
   from yijax.eval import needle
 
+  flags.DEFINE_string("ckpt", None, "model dir, checkpoint step dir or run dir", flag_values=fv)
   flags.DEFINE_string("out", None, "needle: directory for needle.jsonl and needle.png", flag_values=fv)
   flags.DEFINE_integer("min_length", 0, "needle: shortest context, in tokens (0 = 1000, or max_length / "
                        "num_lengths when that is shorter)", flag_values=fv)
@@ -73,6 +128,8 @@ def _define_needle_flags(fv):
 def _define_mia_flags(fv):
   from yijax.eval import mia
 
+  flags.DEFINE_string("ckpt", None, "model dir, checkpoint step dir or run dir", flag_values=fv)
+  flags.DEFINE_string("out", None, "write the result JSON here (as --output)", flag_values=fv)
   flags.DEFINE_string("members", None, "mia: JSONL of member texts (`text` field), e.g. the forget set",
                       flag_values=fv)
   flags.DEFINE_string("nonmembers", None, "mia: JSONL of non-member texts, e.g. the approximate set", flag_values=fv)
@@ -84,23 +141,24 @@ def run(fv, args):
   from yijax.data import pipeline
   from yijax.data.tokenizer import Tokenizer
   from yijax.eval import multiple_choice, perplexity
-  from yijax.train import params_io
+  from yijax.train import params_io, scoring
 
-  if args:
-    if args[0] == "needle":
-      return _run_needle(fv)
-    if args[0] == "mia":
-      from yijax.eval import mia
+  sub = args[0] if args else None
+  if sub is not None and sub not in SUBCOMMANDS or len(args) > 1:
+    raise UsageError(f"unknown eval subcommand {' '.join(args)!r}: " + "; ".join(
+        f"`yijax eval {name}`: {help_}" for name, help_ in SUBCOMMANDS.items()))
+  if sub == "needle":
+    return _run_needle(fv)
+  if sub == "mia":
+    from yijax.eval import mia
 
-      if fv.output and not fv.out:
-        fv.out = fv.output
-      try:
-        return mia.run_mia(fv)
-      except ValueError as e:
-        raise UsageError(str(e)) from None
-    raise UsageError(f"unknown eval mode {args[0]!r}: use `yijax eval needle ...`, `yijax eval mia ...` or no "
-                     "positional argument")
-  if fv.run_dir:
+    if fv.output and not fv.out:
+      fv.out = fv.output
+    try:
+      return mia.run_mia(fv)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+  if sub == "checkpoints" or ("run_dir" in fv and fv.run_dir):
     return _run_checkpoints(fv)
   if not fv.ckpt:
     raise UsageError("--ckpt is required")
@@ -108,8 +166,10 @@ def run(fv, args):
     raise UsageError("nothing to evaluate: give --data (perplexity), --multiple_choice=FILE.jsonl "
                      "and/or --tasks=arith,facts,...")
   location = params_io.locate_model(fv.ckpt)
-  config, params = params_io.load_model(fv.ckpt)
+  mesh = mesh_from_flag(fv.mesh)
+  config, params = params_io.load_model(fv.ckpt, mesh=mesh)
   config = config.replace(remat_policy="none")
+  scorer = scoring.Scorer(config, mesh)
   results: dict = {"ckpt": paths.resolve(fv.ckpt, "--ckpt")}
   tokenizer_path = fv.tokenizer or location.tokenizer
   if fv.data:
@@ -125,7 +185,7 @@ def run(fv, args):
     tokenizer_path = tokenizer_path or manifest["tokenizer"]["path"]
     data_tokenizer = Tokenizer(manifest["tokenizer"]["path"])
     results["perplexity"] = {"data": fv.data, "split": fv.split, "sources": names, **perplexity.evaluate_perplexity(
-        config, params, batches, data_tokenizer.byte_lengths())}
+        config, params, batches, data_tokenizer.byte_lengths(), scorer=scorer)}
   if fv.multiple_choice:
     if not tokenizer_path:
       raise UsageError("--multiple_choice needs a tokenizer: --tokenizer=PATH (none in --ckpt)")
@@ -136,7 +196,7 @@ def run(fv, args):
       records = os.path.join(fv.records_dir, name + ".jsonl") if fv.records_dir else None
       scored = multiple_choice.score_multiple_choice(config, params, tokenizer, multiple_choice.load_tasks(path),
                                                      batch_size=fv.batch_size, add_bos=fv.add_bos,
-                                                     records_path=records)
+                                                     records_path=records, scorer=scorer)
       results["multiple_choice"][name] = {k: v for k, v in scored.items() if k != "records"}
   if fv.tasks:
     from yijax.eval import tasks
@@ -145,7 +205,7 @@ def run(fv, args):
       raise UsageError("--tasks needs a tokenizer: --tokenizer=PATH (none in --ckpt)")
     add_bos = fv.add_bos if fv["add_bos"].present else None  # absent: each task's default (evaluate_tasks)
     results["tasks"] = tasks.evaluate_tasks(config, params, Tokenizer(tokenizer_path), fv.tasks, seed=fv.seed,
-                                            batch_size=fv.batch_size, add_bos=add_bos)
+                                            batch_size=fv.batch_size, add_bos=add_bos, scorer=scorer)
   text = json.dumps(results, indent=2)
   print(text)
   if fv.output:
@@ -157,9 +217,11 @@ def run(fv, args):
 def _run_checkpoints(fv):
   from yijax.eval import checkpoints
 
+  if not fv.run_dir:
+    raise UsageError("yijax eval checkpoints needs --run_dir=RUN")
   if not fv.tasks:
     raise UsageError("--run_dir needs --tasks=NAMES (battery task names, JSONL paths or layer_cosine)")
-  if fv.ckpt or fv.data or fv.multiple_choice:
+  if "ckpt" in fv and (fv.ckpt or fv.data or fv.multiple_choice):
     raise UsageError("--run_dir evaluates the run's checkpoints on --tasks; drop --ckpt/--data/--multiple_choice")
   if paths.is_url(fv.run_dir):
     raise UsageError(f"--run_dir={fv.run_dir}: evaluating every checkpoint appends to the run's "
@@ -171,7 +233,8 @@ def _run_checkpoints(fv):
   except ValueError:
     raise UsageError(f"--steps={','.join(fv.steps)} must be integers, e.g. --steps=100,200") from None
   out = checkpoints.evaluate_checkpoints(fv.run_dir, list(fv.tasks), out_path=fv.output, steps=steps, seed=fv.seed,
-                                         tokenizer_path=fv.tokenizer, options={"batch_size": fv.batch_size})
+                                         tokenizer_path=fv.tokenizer, options={"batch_size": fv.batch_size},
+                                         mesh=mesh_from_flag(fv.mesh))
   records = checkpoints.load_results(out)
   print(json.dumps({"run_dir": os.path.abspath(fv.run_dir), "results": out, "records": len(records)}))
   return 0

@@ -13,6 +13,7 @@ import json
 from absl import flags
 
 from yijax.cli import UsageError
+from yijax.commands import mesh_from_flag
 
 
 def define_flags(fv, argv):
@@ -32,17 +33,6 @@ def define_flags(fv, argv):
   flags.DEFINE_string("mesh", "fsdp:-1", "mesh the parameters are sharded over while copying, AXIS:SIZE,...",
                       flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "replace a non-empty --out", flag_values=fv)
-
-
-def _parse_mesh(text: str) -> dict[str, int]:
-  shape = {}
-  for part in filter(None, (p.strip() for p in text.split(","))):
-    axis, _, size = part.partition(":")
-    try:
-      shape[axis] = int(size)
-    except ValueError:
-      raise UsageError(f"--mesh={text!r}: each entry is AXIS:SIZE, e.g. fsdp:-1 or fsdp:4,tensor:2") from None
-  return shape
 
 
 def order_from_flags(fv, num_layers: int) -> list[int]:
@@ -74,7 +64,7 @@ def run(fv, args):
     raise UsageError("--ckpt and --out are required, e.g. yijax surgery --ckpt=runs/small --out=runs/grown --stack=4")
   source_layers = params_io.read_model_config(fv.ckpt).num_layers
   order = order_from_flags(fv, source_layers)
-  mesh = sharding.make_mesh(_parse_mesh(fv.mesh))
+  mesh = mesh_from_flag(fv.mesh) or sharding.make_mesh({"fsdp": -1})
   summary = surgery.grow_model_dir(fv.ckpt, fv.out, order, fv.new_layers, fv.seed, mesh, fv.overwrite)
   print(json.dumps(summary))
   print(f"wrote {fv.out}: {summary['source_layers']} -> {summary['layers']} layers, "

@@ -1,8 +1,8 @@
 """Hugging Face Mixtral / Qwen2-MoE safetensors <-> yijax MoE parameters.
 
-`hf.read_hf` / `hf.yijax_to_hf` dispatch here for `MixtralForCausalLM` and
+One family of the converter registry (`yijax/convert/hf.py`): `MixtralForCausalLM` and
 `Qwen2MoeForCausalLM`; attention, norms, embeddings and the dense layers'
-MLPs use the Llama rules of `hf.tensor_rules`. Expert tensors come in two
+MLPs use the Llama rules of `common.tensor_rules`. Expert tensors come in two
 layouts, detected per checkpoint from the tensor names:
 
   per expert (hub checkpoints, and what transformers 5.x `save_pretrained` writes):
@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from yijax.convert import hf as dense
-from yijax.convert.hf import ConversionError
+from yijax.convert import common, llama
+from yijax.convert.common import ConversionError
 from yijax.models.config import ConfigError, ModelConfig
 
 ARCHITECTURES = {"MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2_moe"}
@@ -39,11 +39,16 @@ EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "qwen2_moe": ("gate_proj", "up_pr
 _REFUSED = {"DeepseekV3ForCausalLM": "deepseek_v3"}
 
 
-def is_moe_hf(hf: dict[str, Any]) -> bool:
+def matches(hf: dict[str, Any]) -> bool:
   """Whether an HF config.json is one of the MoE families this module handles (or refuses by name)."""
   archs = hf.get("architectures") or []
   families = set(ARCHITECTURES.values()) | set(_REFUSED.values())
   return any(a in ARCHITECTURES or a in _REFUSED for a in archs) or hf.get("model_type") in families
+
+
+def handles(config: ModelConfig) -> bool:
+  """Whether a yijax model exports as an MoE family (Mixtral / Qwen2-MoE)."""
+  return config.is_moe
 
 
 def _family(hf: dict[str, Any], source: str) -> str:
@@ -117,7 +122,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
                first_dense_layers=first, moe_layer_interval=interval, router_type="softmax_topk",
                norm_topk_prob=bool(hf.get("norm_topk_prob", False)))
     mlp_dim = hf["intermediate_size"]
-  base = dense.config_from_hf({**hf, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  base = llama.config_from_hf({**hf, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
                                "intermediate_size": mlp_dim}, source)
   config = base.replace(num_experts_per_token=hf["num_experts_per_tok"], **moe)
   try:
@@ -156,7 +161,7 @@ def hf_family(config: ModelConfig) -> str:
 
 def config_to_hf(config: ModelConfig, dtype: str, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
   family = hf_family(config)
-  out = dense.config_to_hf(config, dtype, bos_id, eos_id)
+  out = llama.config_to_hf(config, dtype, bos_id, eos_id)
   for key in ("attention_bias", "mlp_bias"):
     out.pop(key)
   normalised = config.router_type == "topk_softmax" or config.norm_topk_prob
@@ -280,8 +285,8 @@ def _moe_entries(config: ModelConfig, family: str, layout: Layout, layer: int,
 
 def plan(config: ModelConfig, family: str, layout: Layout) -> list[Entry]:
   """Every HF tensor of the model, in file order: embeddings, then layer by layer, then the head."""
-  shapes = dense.expected_hf_shapes(config)
-  rules = dense.tensor_rules(config)
+  shapes = common.expected_hf_shapes(config)
+  rules = common.tensor_rules(config)
 
   def from_rule(rule, name, path, index):
     return Entry(name, shapes[name], ((path, index),), lambda w: (rule.to_yijax(w, config),),
@@ -325,8 +330,8 @@ def read_hf(hf_dir: str, hf: dict[str, Any], source: str, dtype: str | None = No
   """(config, numpy parameter pytree) of a Mixtral / Qwen2-MoE directory, checked and streamed tensor by tensor."""
   config = config_from_hf(hf, source)
   family = _family(hf, source)
-  reader = dense.SafetensorsReader(hf_dir)
-  available = [n for n in reader.names() if not n.endswith(dense.IGNORED_SUFFIXES)]
+  reader = common.SafetensorsReader(hf_dir)
+  available = [n for n in reader.names() if not n.endswith(common.IGNORED_SUFFIXES)]
   layout = detect_layout(family, available)
   entries = plan(config, family, layout)
   expected = {entry.hf_name: entry for entry in entries}
@@ -350,7 +355,7 @@ def read_hf(hf_dir: str, hf: dict[str, Any], source: str, dtype: str | None = No
                             f"{tuple(tensor.shape)} (check config.json's {_shape_hint(entry.hf_name)})")
     for (path, index), value in zip(entry.targets, entry.to_yijax(tensor)):
       if dtype:
-        value = value.astype(dense.np_dtype(dtype))
+        value = value.astype(common.np_dtype(dtype))
       if path not in arrays:
         arrays[path] = np.empty(shapes[path], value.dtype)
       arrays[path][index] = value
@@ -359,7 +364,7 @@ def read_hf(hf_dir: str, hf: dict[str, Any], source: str, dtype: str | None = No
     raise ConversionError(f"internal: no HF tensor maps onto yijax parameter(s) {['/'.join(p) for p in unfilled]}")
   params: dict = {}
   for path, value in arrays.items():
-    dense.set_path(params, path, value)
+    common.set_path(params, path, value)
   if dtype:
     config = config.replace(param_dtype=dtype)
   return config, params
@@ -382,5 +387,5 @@ def hf_tensors(config: ModelConfig, params: dict, out_dtype: str) -> Iterator[tu
     if missing:
       raise ConversionError(f"yijax parameter(s) {sorted('/'.join(p) for p in missing)} {why.format(family=family)}")
   for entry in entries:
-    parts = [np.asarray(dense.get_path(params, path))[index] for path, index in entry.targets]
-    yield entry.hf_name, np.ascontiguousarray(entry.to_hf(*parts).astype(dense.np_dtype(out_dtype)))
+    parts = [np.asarray(common.get_path(params, path))[index] for path, index in entry.targets]
+    yield entry.hf_name, np.ascontiguousarray(entry.to_hf(*parts).astype(common.np_dtype(out_dtype)))

@@ -44,9 +44,9 @@ import ml_collections
 import numpy as np
 
 from yijax.data import mixture, records
+from yijax.data.manifest import MANIFEST  # noqa: F401 - the one definition, re-exported
 from yijax.errors import ConfigError, DataError
 
-MANIFEST = "manifest.json"
 UPSAMPLING_MODES = mixture.UPSAMPLING_MODES
 
 

@@ -18,79 +18,22 @@ reported in `OUT/manifest.json`, never a crash midway. Layout:
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import glob
 import json
 import multiprocessing
 import os
-import re
 import time
 from typing import Iterable, Sequence
 
 from yijax.data import corpus, quality, records
+from yijax.data.manifest import (FORMAT, JSONL_SUFFIXES, MANIFEST, SourceSpec, done_path,  # noqa: F401 - re-exported
+                                 is_jsonl, parse_source, read_json, resolve_files, summarize, unit_done, write_json)
+from yijax.data import manifest as manifest_lib
 from yijax.errors import DataError
 
-MANIFEST = "manifest.json"
-FORMAT = "yijax-prepared/1"
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-_TFDS_RE = re.compile(r"^tfds:(?P<name>[^:]+(?::\d+\.\d+\.\d+)?):(?P<split>.+)$")
 _ENCODE_BATCH_BYTES = 4 << 20
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-  """One named source of one split: files / globs / directories, or one `tfds:NAME:SPLIT`."""
-  name: str
-  split: str
-  inputs: tuple[str, ...]
-  text_field: str = "text"
-  file_format: str = "auto"  # auto (by suffix: .jsonl/.ndjson/.json = JSONL) | text | jsonl
-  tfds_data_dir: str | None = None
-  quality: str = ""  # JSON of the quality scorer (yijax/data/quality.py) scoring every document; "" = none
-
-  @property
-  def tfds(self) -> re.Match | None:
-    return _TFDS_RE.match(self.inputs[0]) if len(self.inputs) == 1 else None
-
-
-def parse_source(value: str, split: str = "train", text_field: str = "text", file_format: str = "auto",
-                 tfds_data_dir: str | None = None) -> SourceSpec:
-  """`NAME=PATH_OR_GLOB[,PATH...]` or `NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT` -> SourceSpec."""
-  name, sep, target = value.partition("=")
-  if not sep or not name or not target:
-    raise DataError(f"--source={value!r}: expected NAME=PATH_OR_GLOB or NAME=tfds:DATASET:SPLIT")
-  if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-    raise DataError(f"--source name {name!r} must use only letters, digits, '_', '.', '-'")
-  if file_format not in ("auto", "text", "jsonl"):
-    raise DataError(f"--format={file_format!r}: choose auto, text or jsonl")
-  if target.startswith("tfds:") and not _TFDS_RE.match(target):
-    raise DataError(f"--source={value!r}: the tfds form is NAME=tfds:DATASET[/CONFIG][:VERSION]:SPLIT")
-  inputs = (target,) if target.startswith("tfds:") else tuple(t for t in target.split(",") if t)
-  return SourceSpec(name, split, inputs, text_field, file_format, tfds_data_dir)
-
-
 # ---------------------------------------------------------------- planning
-
-
-def resolve_files(spec: SourceSpec) -> list[str]:
-  files = []
-  for pattern in spec.inputs:
-    if glob.has_magic(pattern):
-      matched = sorted(glob.glob(pattern, recursive=True))
-      if not matched:
-        raise DataError(f"--source={spec.name}={pattern}: the pattern matched no files")
-      files += matched
-    elif os.path.isdir(pattern):
-      files += sorted(os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs)
-    elif os.path.lexists(pattern):
-      files.append(pattern)
-    else:
-      raise DataError(f"--source={spec.name}={pattern}: no such file or directory")
-  return files
-
-
-def is_jsonl(path: str, file_format: str) -> bool:
-  return file_format == "jsonl" or (file_format == "auto" and path.endswith(JSONL_SUFFIXES))
 
 
 def _size(path: str) -> int:
@@ -158,10 +101,6 @@ def _processor(path: str):
   return _TOKENIZERS[path]
 
 
-def done_path(shard_path: str) -> str:
-  return shard_path[:-len(records.SHARD_SUFFIX)] + ".done.json"
-
-
 def run_unit(unit: dict, out_dir: str, tokenizer_path: str, encode_threads: int = 1) -> dict:
   """Tokenizes one unit into its shard; writes the done marker last; returns the counts."""
   processor = _processor(tokenizer_path)
@@ -210,23 +149,6 @@ def run_unit(unit: dict, out_dir: str, tokenizer_path: str, encode_threads: int 
 # ---------------------------------------------------------------- the job
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_json(path: str, value) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + ".tmp", path)
-
-
-def _unit_done(out_dir: str, unit: dict) -> bool:
-  shard = os.path.join(out_dir, unit["shard"])
-  return all(os.path.exists(p) for p in (done_path(shard), shard, records.lengths_path(shard)))
-
-
 def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units) -> list[dict]:
   """Reuses the stored plan for the same inputs (so reruns skip finished units), else makes one.
 
@@ -242,7 +164,7 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
     key["quality"] = json.loads(spec.quality)
   key = json.loads(json.dumps(key))
   if os.path.exists(plan_path):
-    stored = _read_json(plan_path)
+    stored = read_json(plan_path)
     if stored["key"] == key:
       return stored["units"]
     if any(f.endswith(".done.json") for f in os.listdir(directory)):
@@ -255,29 +177,6 @@ def _settle_plan(out_dir: str, spec: SourceSpec, tokenizer_sha: str, make_units)
         os.remove(os.path.join(directory, name))
   write_json(plan_path, {"key": key, "units": units})
   return units
-
-
-def summarize(out_dir: str, spec: SourceSpec, units: list[dict], failures: dict) -> dict:
-  entry = {"inputs": list(spec.inputs), "text_field": spec.text_field, "units": len(units),
-           "finished_units": 0, "shards": [], "failed_units": []}
-  totals = corpus.DocumentCounts()
-  for unit in units:
-    if not _unit_done(out_dir, unit):
-      if unit["shard"] in failures:
-        entry["failed_units"].append({"shard": unit["shard"], "error": failures[unit["shard"]]})
-      continue
-    counts = _read_json(done_path(os.path.join(out_dir, unit["shard"])))
-    entry["finished_units"] += 1
-    entry["shards"].append({"path": unit["shard"], "documents": counts["documents"], "tokens": counts["tokens"]})
-    for name, value in counts.items():
-      if name == "max_document_tokens":
-        totals[name] = max(totals[name], value)
-      elif name in totals:
-        totals[name] = totals[name] + value
-  totals["bad_line_examples"] = totals["bad_line_examples"][:corpus.MAX_EXAMPLES]
-  entry.update(totals)
-  entry["complete"] = entry["finished_units"] == len(units)
-  return entry
 
 
 def _run_pending(pending: list[dict], out_dir: str, tokenizer_path: str, num_workers: int,
@@ -333,9 +232,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
   tokenizer = Tokenizer(tokenizer_path)
   token_meta = dict(tokenizer.meta(), path=os.path.abspath(tokenizer.path))
-  manifest_path = os.path.join(out_dir, MANIFEST)
-  manifest = _read_json(manifest_path) if os.path.exists(manifest_path) else {
-      "format": FORMAT, "splits": {}, "corpus_fingerprint": None}
+  manifest = manifest_lib.read(out_dir) or manifest_lib.new()
   if manifest.get("tokenizer", token_meta).get("sha256") != tokenizer.checksum:
     raise DataError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "
                      "use the same --tokenizer or a new --out")
@@ -349,8 +246,8 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
     plans[spec] = _settle_plan(out_dir, spec, tokenizer.checksum, make)
     manifest["splits"].setdefault(spec.split, {})[spec.name] = {"complete": False, "units": len(plans[spec])}
   manifest["complete"] = False
-  write_json(manifest_path, manifest)  # a killed run leaves `complete: false` behind
-  pending = [u for units in plans.values() for u in units if not _unit_done(out_dir, u)]
+  manifest_lib.write(out_dir, manifest)  # a killed run leaves `complete: false` behind
+  pending = [u for units in plans.values() for u in units if not unit_done(out_dir, u)]
   started = time.time()
   failures = _run_pending(pending, out_dir, tokenizer.path, num_workers, progress)
   for spec, units in plans.items():
@@ -360,7 +257,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   manifest["complete"] = all(e.get("complete") for split in manifest["splits"].values() for e in split.values())
   manifest["last_run"] = {"units_run": len(pending), "units_skipped": sum(map(len, plans.values())) - len(pending),
                           "seconds": round(time.time() - started, 2), "num_workers": num_workers}
-  write_json(manifest_path, manifest)
+  manifest_lib.write(out_dir, manifest)
   return manifest
 
 
@@ -404,9 +301,7 @@ def write_token_source(out_dir: str, split: str, name: str, documents: Iterable[
   `tokenizer` holds vocab_size, bos_id, eos_id and pad_id; an existing
   manifest must agree on them. Returns the updated manifest.
   """
-  manifest_path = os.path.join(out_dir, MANIFEST)
-  manifest = _read_json(manifest_path) if os.path.exists(manifest_path) else {
-      "format": FORMAT, "splits": {}, "corpus_fingerprint": None, "tokenizer": dict(tokenizer)}
+  manifest = manifest_lib.read(out_dir) or manifest_lib.new(tokenizer)
   keys = ("vocab_size", "bos_id", "eos_id", "pad_id")
   if any(manifest["tokenizer"].get(k) != tokenizer.get(k) for k in keys):
     raise DataError(f"{out_dir} holds data of another tokenizer {manifest['tokenizer']}; got {tokenizer}")
@@ -423,5 +318,5 @@ def write_token_source(out_dir: str, split: str, name: str, documents: Iterable[
     units.append({"shard": shard})
   manifest["splits"].setdefault(split, {})[name] = summarize(out_dir, spec, units, {})
   manifest["complete"] = all(e.get("complete") for sp in manifest["splits"].values() for e in sp.values())
-  write_json(manifest_path, manifest)
+  manifest_lib.write(out_dir, manifest)
   return manifest

@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from yijax.data import records
+from yijax.data import manifest as manifest_lib, records
 from yijax.errors import DataError, MissingFileError
 
 SCORES_SUFFIX = ".quality.npy"
@@ -158,12 +158,12 @@ def _file_sha(path: str) -> str:
 
 def reference_documents(paths: Sequence[str], text_field: str = "text") -> list[str]:
   """The reference corpus: text files (one document each) or JSONL (one per line)."""
-  from yijax.data import corpus, prepare
+  from yijax.data import corpus
 
-  spec = prepare.SourceSpec("quality_reference", "train", tuple(paths), text_field)
-  files = prepare.resolve_files(spec)
+  spec = manifest_lib.SourceSpec("quality_reference", "train", tuple(paths), text_field)
+  files = manifest_lib.resolve_files(spec)
   counts = corpus.DocumentCounts()
-  pieces = [[p, "jsonl" if prepare.is_jsonl(p, "auto") else "text", 0, os.path.getsize(p)] for p in files]
+  pieces = [[p, "jsonl" if manifest_lib.is_jsonl(p, "auto") else "text", 0, os.path.getsize(p)] for p in files]
   return list(corpus.file_documents(pieces, text_field, counts))
 
 
@@ -261,8 +261,6 @@ def select(out_dir: str, manifest: dict, spec, options: QualityOptions) -> None:
 
   Deterministic (ties by record order), so a rerun rewrites the same selection.
   """
-  from yijax.data import prepare
-
   entry = manifest["splits"][spec.split][spec.name]
   if not entry.get("complete"):
     return
@@ -280,10 +278,10 @@ def select(out_dir: str, manifest: dict, spec, options: QualityOptions) -> None:
     documents = [d for d, k in zip(records.read_shard(path), keep) if k]
     written = records.write_shard(os.path.join(out_dir, shard), documents)
     counts = {"documents": len(written), "tokens": int(written.sum()), "max_document_tokens": int(written.max(initial=0))}
-    prepare.write_json(prepare.done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
+    manifest_lib.write_json(manifest_lib.done_path(os.path.join(out_dir, shard)), dict(counts, shard=shard))
     units.append({"shard": shard})
   selected = dataclasses.replace(spec, name=name)
-  manifest["splits"][spec.split][name] = prepare.summarize(out_dir, selected, units, {})
+  manifest["splits"][spec.split][name] = manifest_lib.summarize(out_dir, selected, units, {})
   finite = scores[np.isfinite(scores)]
   stats = {f"p{q}": float(np.percentile(finite, q)) for q in (0, 10, 50, 90, 100)} if len(finite) else {}
   scorer = json.loads(spec.quality)

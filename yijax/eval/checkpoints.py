@@ -11,7 +11,7 @@ is dropped.
 
 The pseudo-task `layer_cosine` records, per checkpoint, each layer's mean
 cosine between its input and output hidden states (`layer/<i>`) and the
-model-level value (`model_level`; see yijax.surgery.layer_cosine), on the
+model-level value (`model_level`; see yijax.analysis.layer_cosine), on the
 first tokens of the embedded corpus's held-out documents (or the texts in
 options["layer_cosine_texts"]), so its trend over training can be plotted.
 
@@ -23,6 +23,7 @@ checkpoints are ordered by tokens seen, read from each one's meta.json
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import os
@@ -30,6 +31,8 @@ import re
 from typing import Sequence
 
 from yijax.train import flops, params_io
+
+log = logging.getLogger(__name__)
 
 RESULTS = os.path.join("eval", "checkpoints.jsonl")
 LAYER_COSINE = "layer_cosine"
@@ -129,8 +132,10 @@ def read_done(results_path: str) -> set[tuple[str, str]]:
 
 def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None = None,
                          steps: Sequence[int] | None = None, seed: int = 0, tokenizer_path: str | None = None,
-                         options: dict | None = None) -> str:
-  """Evaluates every (checkpoint, task) not yet in the results file; returns its path."""
+                         options: dict | None = None, mesh=None, rules=None) -> str:
+  """Evaluates every (checkpoint, task) not yet in the results file; returns its path. mesh: restore each
+  checkpoint sharded on it and score there (default: one device)."""
+  from yijax.train import scoring
   from yijax.data.tokenizer import Tokenizer
 
   options = dict(options or {})
@@ -150,15 +155,17 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
     if tok_path is None:
       raise params_io.CheckpointError(f"{info.path}: no tokenizer.model; pass --tokenizer")
     tokenizer = Tokenizer(tok_path)
-    config, params = params_io.load_model(info.path)
+    config, params = params_io.load_model(info.path, mesh=mesh, rules=rules)
     config = config.replace(remat_policy="none")
+    scorer = scoring.Scorer(config, mesh, rules)
     for task in pending:
       if task == LAYER_COSINE:
         metrics = layer_cosine_metrics(config, params, tokenizer, **cosine_options)
       else:
         from yijax.eval import tasks as task_lib
 
-        metrics = task_lib.evaluate_tasks(config, params, tokenizer, [task], seed=seed, **options)[task]
+        metrics = task_lib.evaluate_tasks(config, params, tokenizer, [task], seed=seed, scorer=scorer,
+                                          **options)[task]
       base = {"checkpoint": info.name, "step": info.step, "tokens_seen": info.tokens_seen, "flops": info.flops,
               "task": task, "n_metrics": len(metrics)}
       block = "".join(json.dumps({**base, "metric": k, "value": float(v)}) + "\n" for k, v in metrics.items())
@@ -166,8 +173,7 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
         f.write(block)
         f.flush()
         os.fsync(f.fileno())
-      print(f"[eval] {info.name} {task}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()),
-            flush=True)
+      log.info(f"[eval] {info.name} {task}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()))
   return out_path
 
 
@@ -177,7 +183,7 @@ def layer_cosine_metrics(config, params, tokenizer, layer_cosine_texts=None, lay
   the given texts, or the first `layer_cosine_docs` held-out documents of the embedded corpus."""
   import numpy as np
 
-  from yijax import surgery
+  from yijax.analysis import layer_cosine
 
   texts = list(layer_cosine_texts or _held_out_texts(layer_cosine_docs))
   length = min(layer_cosine_tokens, config.max_seq_len)
@@ -186,7 +192,7 @@ def layer_cosine_metrics(config, params, tokenizer, layer_cosine_texts=None, lay
   segments = np.zeros_like(tokens)
   for i, row in enumerate(rows):
     tokens[i, :len(row)], segments[i, :len(row)] = row, 1
-  result = surgery.layer_cosine(config, params, tokens, segment_ids=segments)
+  result = layer_cosine.layer_cosine(config, params, tokens, segment_ids=segments)
   metrics = {f"layer/{i}": v for i, v in enumerate(result["per_layer"])}
   if result["model_level"] is not None:
     metrics["model_level"] = result["model_level"]

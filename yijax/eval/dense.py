@@ -12,19 +12,20 @@ many times during a run, not only at its end. A run config asks for it with
   eval.source_losses      sources whose eval_split is scored on its own: loss/<source>
                           (a domain loss that does not change with the arm's mixture)
 
-`evaluators_from_config` returns these plus eval.multiple_choice's; `yijax
-train` and the study runner's train stages pass them to the loop, which
-calls them at every `eval.every_steps` (so eval.batches must be > 0).
+`evaluators_from_config` returns builders of these plus eval.multiple_choice's;
+`yijax train` and the study runner's train stages pass them to the loop, which
+builds each once from the run's `EvalContext` (model config, a scorer on the
+run's mesh, the tokenizer loaded once, the data config) and calls the
+evaluators at every `eval.every_steps` (so eval.batches must be > 0).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
 
 from yijax.models.config import ConfigError
-
-Evaluator = Callable[[Any, int], dict]
+from yijax.train import evaluation
+from yijax.train.evaluation import EvalContext, Evaluator, EvaluatorBuilder
 
 
 def _field(config, name: str, default):
@@ -56,71 +57,80 @@ def check(config) -> None:
     raise ConfigError(f"eval.tasks {tasks} give the same name twice ({keys}); rename a JSONL file")
 
 
-def tasks_evaluator(config) -> Evaluator | None:
+def tasks_evaluator(config) -> EvaluatorBuilder | None:
   """Scores eval.tasks at the chosen evaluations: {"tasks/<name>/<metric>": value}."""
   names = list(_field(config, "tasks", []))
   if not names:
     return None
-  from yijax import configlib
   from yijax.eval import tasks as battery
 
   every, seed = int(_field(config, "tasks_every_steps", 0)), int(_field(config, "tasks_seed", 0))
   options = _plain(_field(config, "tasks_options", {}))
   battery.check_options(options, extra=("batch_size", "max_len", "add_bos", "seq_len"))
-  model_config = configlib.model_config(config).replace(remat_policy="none")
-  state: dict = {}
 
-  def evaluate(params, step: int) -> dict:
-    if every and step % every and step != config.train.steps:
-      return {}
-    if "tokenizer" not in state:
-      state["tokenizer"] = _tokenizer(config)
-    results = battery.evaluate_tasks(model_config, params, state["tokenizer"], names, seed=seed, **dict(options))
-    return {f"tasks/{task_key(name)}/{metric}": float(value)
-            for name, metrics in results.items() for metric, value in metrics.items()}
+  def build(context: EvalContext) -> Evaluator:
+    def evaluate(params, step: int) -> dict:
+      if every and step % every and step != context.total_steps:
+        return {}
+      results = battery.evaluate_tasks(context.model_config, params, context.tokenizer, names, seed=seed,
+                                       scorer=context.scorer, **dict(options))
+      return {f"tasks/{task_key(name)}/{metric}": float(value)
+              for name, metrics in results.items() for metric, value in metrics.items()}
 
-  return evaluate
+    return evaluate
+
+  return build
 
 
-def source_loss_evaluator(config) -> Evaluator | None:
+def source_loss_evaluator(config) -> EvaluatorBuilder | None:
   """Held-out loss of each eval.source_losses source alone: {"loss/<source>": nats per token}."""
   sources = list(_field(config, "source_losses", []))
   if not sources:
     return None
-  import jax
+  max_batches = config.eval.get("source_loss_batches", 0) or None
 
+  def build(context: EvalContext) -> Evaluator:
+    from yijax.data import pipeline
+
+    # the same whole batches on every process (pipeline.eval_batches without a process split)
+    scorers = {s: evaluation.held_out_evaluator(context, pipeline.eval_batches(
+        context.data, context.data.eval_split, context.seq_len, context.eval_batch_size, max_batches,
+        sources=[s]), local=False) for s in sources}
+
+    def evaluate(params, step: int) -> dict:
+      return {f"loss/{s}": float(evaluate_source(params, step)["loss"]) for s, evaluate_source in scorers.items()}
+
+    return evaluate
+
+  return build
+
+
+def context_from_config(config, model_config=None, mesh=None, rules=None) -> EvalContext:
+  """The EvalContext of a run config outside the loop (a study scoring a model at step 0): its model config
+  (or the given one), its data and shapes, the tokenizer its prepared data names, a scorer on `mesh`."""
   from yijax import configlib
   from yijax.data import pipeline
-  from yijax.eval import perplexity
 
-  model_config = configlib.model_config(config).replace(remat_policy="none")
-  state: dict = {}
-
-  def evaluate(params, step: int) -> dict:
-    if "batches" not in state:
-      state["batches"] = {s: pipeline.eval_batches(
-          config.data, config.data.eval_split, config.train.seq_len, config.eval.batch_size,
-          config.eval.get("source_loss_batches", 0) or None, sources=[s]) for s in sources}
-    params = jax.device_get(params)
-    return {f"loss/{s}": float(perplexity.evaluate_perplexity(model_config, params, batches)["loss"])
-            for s, batches in state["batches"].items()}
-
-  return evaluate
+  tokenizer_path = None
+  if config.data.prepared_dir:
+    tokenizer_path = (pipeline.read_manifest(config.data.prepared_dir).get("tokenizer") or {}).get("path")
+  return evaluation.context(model_config or configlib.model_config(config), mesh, rules, data=config.data,
+                            seq_len=config.train.seq_len, eval_batch_size=config.eval.batch_size,
+                            total_steps=config.train.steps, tokenizer_path=tokenizer_path)
 
 
-def _tokenizer(config):
-  from yijax.data import pipeline
-  from yijax.data.tokenizer import Tokenizer
-
-  return Tokenizer(pipeline.read_manifest(config.data.prepared_dir)["tokenizer"]["path"])
+def build(builders, context: EvalContext) -> list[Evaluator]:
+  """The evaluators of `builders` (evaluators_from_config's) for one context."""
+  return [e for e in (b(context) for b in builders) if e is not None]
 
 
-def evaluators_from_config(config) -> list[Evaluator]:
-  """Every extra evaluator the run config asks for (multiple-choice files, tasks, source losses)."""
+def evaluators_from_config(config) -> list[EvaluatorBuilder]:
+  """Builders of every extra evaluator the run config asks for (multiple-choice files, tasks, source
+  losses); the loop calls each once with the run's EvalContext."""
   check(config)
   out = []
   if config.eval.multiple_choice:
     from yijax.eval import multiple_choice
 
-    out.append(multiple_choice.training_evaluator(config, list(config.eval.multiple_choice)))
+    out.append(multiple_choice.training_evaluator(list(config.eval.multiple_choice)))
   return out + [e for e in (tasks_evaluator(config), source_loss_evaluator(config)) if e is not None]

@@ -19,16 +19,14 @@ consecutive chunks of `chunk_len` tokens, chunks under 5 tokens dropped
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from yijax.errors import DataError, MissingFileError
-from yijax.eval import scoring
+from yijax.train import scoring
 from yijax.models.config import ModelConfig
 
 DEFAULT_KS = (30, 40, 50, 60, 100)
@@ -86,20 +84,9 @@ def min_k_metrics(member_log_probs: Sequence[np.ndarray], nonmember_log_probs: S
 # ---------------------------------------------------------------- scoring chunks
 
 
-@functools.lru_cache(maxsize=8)
-def _scorer(config: ModelConfig, seq_chunk: int):
-  config = config.replace(remat_policy="none")
-
-  def score(params, tokens, positions, segment_ids):
-    targets, mask = scoring.next_token_targets(tokens, segment_ids)
-    log_probs, greedy = scoring.token_log_probs(config, params, tokens, targets, positions, segment_ids, seq_chunk)
-    return log_probs, greedy, mask
-
-  return jax.jit(score)
-
-
 def score_chunks(config: ModelConfig, params: Any, chunks: Sequence[np.ndarray], chunk_len: int,
-                 batch_size: int = 8, seq_chunk: int = 512) -> list[tuple[np.ndarray, np.ndarray]]:
+                 batch_size: int = 8, seq_chunk: int = 512, scorer: scoring.Scorer | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
   """(log p of each next token [n-1], whether it was the argmax [n-1]) for each chunk, each scored alone.
 
   Chunks are right-padded rows of chunk_len; batches are padded with empty rows
@@ -107,7 +94,7 @@ def score_chunks(config: ModelConfig, params: Any, chunks: Sequence[np.ndarray],
   """
   from yijax.data import chunked
 
-  scorer = _scorer(config, seq_chunk)
+  scorer = scorer or scoring.Scorer(config, chunk_len=seq_chunk)
   out = []
   for first in range(0, len(chunks), batch_size):
     part = list(chunks[first:first + batch_size])
@@ -115,8 +102,9 @@ def score_chunks(config: ModelConfig, params: Any, chunks: Sequence[np.ndarray],
     if batch["tokens"].max(initial=0) >= config.vocab_size:
       raise DataError(f"token ids reach {batch['tokens'].max()} but model.vocab_size={config.vocab_size}; "
                        "was the text tokenized with another tokenizer?")
-    log_probs, greedy, mask = jax.device_get(scorer(params, batch["tokens"], batch["positions"],
-                                                    batch["segment_ids"]))
+    targets, mask = scoring.host_targets(batch["tokens"], batch["segment_ids"])
+    log_probs, greedy = scorer.token_log_probs(params, batch["tokens"], targets, batch["positions"],
+                                               batch["segment_ids"])
     for row in range(len(part)):
       keep = np.asarray(mask[row], bool)
       out.append((np.asarray(log_probs[row])[keep], np.asarray(greedy[row])[keep]))

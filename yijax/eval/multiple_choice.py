@@ -29,22 +29,19 @@ one scoring function per bucket length.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import os
 from typing import Any, Iterable, NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from yijax.eval import scoring
+from yijax.train import scoring
 from yijax.models.config import ModelConfig
 from yijax.errors import DataError, MissingFileError
 
 MIN_BUCKET = 16
 
-trace_counts: collections.Counter = collections.Counter()
+trace_counts = scoring.trace_counts  # compilations by kind ("multiple_choice"): scoring's own counter
 
 
 class TaskFileError(DataError):
@@ -132,21 +129,6 @@ def bucket_length(length: int, max_len: int) -> int:
   return min(size, max_len)
 
 
-@functools.lru_cache(maxsize=16)
-def _row_scorer(config: ModelConfig, chunk_len: int):
-  """jitted (params, tokens, targets, score_mask) -> (sum log p [b], all greedy [b])."""
-  config = config.replace(remat_policy="none")
-
-  def score(params, tokens, targets, score_mask):
-    trace_counts["multiple_choice"] += 1
-    # right padding only follows the real tokens, so causal attention needs no padding mask
-    log_probs, greedy = scoring.token_log_probs(config, params, tokens, targets, chunk_len=chunk_len)
-    sums = jnp.sum(jnp.where(score_mask, log_probs, 0.0), axis=-1)
-    return sums, jnp.all(greedy | ~score_mask, axis=-1)
-
-  return jax.jit(score)
-
-
 def build_requests(tokenizer, examples: Sequence[dict], add_bos: bool, delimiter: str,
                    max_len: int) -> list[Request]:
   """One Request per (example, choice), tokenized and left-truncated as lm-eval does."""
@@ -169,9 +151,10 @@ def build_requests(tokenizer, examples: Sequence[dict], add_bos: bool, delimiter
 
 
 def score_requests(config: ModelConfig, params: Any, requests: Sequence[Request], batch_size: int,
-                   max_len: int, chunk_len: int = 512) -> dict[tuple[int, int], tuple[float, bool]]:
+                   max_len: int, chunk_len: int = 512, scorer: scoring.Scorer | None = None
+                   ) -> dict[tuple[int, int], tuple[float, bool]]:
   """{(example, choice): (log-likelihood, is_greedy)}, scored in [batch_size, bucket] batches."""
-  scorer = _row_scorer(config, chunk_len)
+  scorer = scorer or scoring.Scorer(config, chunk_len=chunk_len)
   by_bucket: dict[int, list[Request]] = collections.defaultdict(list)
   for request in sorted(requests, key=lambda r: -len(r.inputs)):
     by_bucket[bucket_length(len(request.inputs), max_len)].append(request)
@@ -187,7 +170,7 @@ def score_requests(config: ModelConfig, params: Any, requests: Sequence[Request]
         tokens[row, :length] = request.inputs
         targets[row, :length] = request.targets
         score_mask[row, length - request.continuation_len:length] = True
-      sums, greedy = jax.device_get(scorer(params, tokens, targets, score_mask))
+      sums, greedy = scorer.continuation_sums(params, tokens, targets, score_mask)
       for row, request in enumerate(rows):
         results[request.example, request.choice] = (float(sums[row]), bool(greedy[row]))
   return results
@@ -196,13 +179,14 @@ def score_requests(config: ModelConfig, params: Any, requests: Sequence[Request]
 def score_multiple_choice(config: ModelConfig, params: Any, tokenizer, examples: Sequence[dict],
                           batch_size: int = 8, max_len: int | None = None, add_bos: bool = False,
                           target_delimiter: str = " ", records_path: str | None = None,
-                          chunk_len: int = 512) -> dict[str, Any]:
+                          chunk_len: int = 512, scorer: scoring.Scorer | None = None) -> dict[str, Any]:
   """acc / acc_norm / acc_bytes of `examples` (dicts as from `load_tasks`).
 
   add_bos: prefix BOS to every context (lm-eval's HF model does when the
   tokenizer's add_bos_token says so, or with model_args add_bos_token=True).
   target_delimiter: put between context and each choice (lm-eval's default " ").
   max_len: the model's context for truncation (default model.max_seq_len).
+  scorer: a `scoring.Scorer` on the run's mesh (default: one on the parameters' device).
   Returns {"acc", "acc_norm", "acc_bytes", "n", "requests", "truncated",
   "compilations", "records"}; records (one per example, with each choice's
   log-likelihood) are also written as JSONL to `records_path` when given.
@@ -217,7 +201,7 @@ def score_multiple_choice(config: ModelConfig, params: Any, tokenizer, examples:
   tokenizer.check_fits(config.vocab_size)
   requests = build_requests(tokenizer, examples, add_bos, target_delimiter, max_len)
   traces_before = trace_counts["multiple_choice"]
-  scores = score_requests(config, params, requests, batch_size, max_len, chunk_len)
+  scores = score_requests(config, params, requests, batch_size, max_len, chunk_len, scorer)
   token_counts = {(r.example, r.choice): r.continuation_len for r in requests}
   records, correct, correct_norm, correct_bytes = [], 0, 0, 0
   for index, example in enumerate(examples):
@@ -256,29 +240,27 @@ def write_records(path: str, records: Iterable[dict]) -> None:
   os.replace(tmp, path)
 
 
-def training_evaluator(config, paths: Sequence[str], batch_size: int = 8, add_bos: bool = False):
-  """An evaluator for the train loop (eval.multiple_choice): (params, step) -> metrics.
+def training_evaluator(paths: Sequence[str], batch_size: int = 8, add_bos: bool = False):
+  """A builder of the train loop's evaluator for eval.multiple_choice: context -> (params, step) -> metrics.
 
-  Reports `mc/<task>/acc` and `mc/<task>/acc_norm` for each JSONL file, with
-  the run's tokenizer (from the prepared data's manifest).
+  Reports `mc/<task>/acc` and `mc/<task>/acc_norm` for each JSONL file, with the run's tokenizer, scored on
+  the run's mesh (the context's scorer).
   """
-  from yijax import configlib
-  from yijax.data import pipeline
-  from yijax.data.tokenizer import Tokenizer
-
-  model_config = configlib.model_config(config).replace(remat_policy="none")
   tasks = {os.path.splitext(os.path.basename(p))[0]: load_tasks(p) for p in paths}
-  state: dict = {}
 
-  def evaluate(params, step: int) -> dict:
-    if "tokenizer" not in state:  # the data dir is known once the run has resolved it
-      state["tokenizer"] = Tokenizer(pipeline.read_manifest(config.data.prepared_dir)["tokenizer"]["path"])
-    out = {}
-    for name, examples in tasks.items():
-      result = score_multiple_choice(model_config, params, state["tokenizer"], examples, batch_size=batch_size,
-                                     max_len=min(model_config.max_seq_len, config.train.seq_len), add_bos=add_bos)
-      out[f"mc/{name}/acc"] = result["acc"]
-      out[f"mc/{name}/acc_norm"] = result["acc_norm"]
-    return out
+  def build(context):
+    max_len = min(context.model_config.max_seq_len, context.seq_len)
 
-  return evaluate
+    def evaluate(params, step: int) -> dict:
+      out = {}
+      for name, examples in tasks.items():
+        result = score_multiple_choice(context.model_config, params, context.tokenizer, examples,
+                                       batch_size=batch_size, max_len=max_len, add_bos=add_bos,
+                                       scorer=context.scorer)
+        out[f"mc/{name}/acc"] = result["acc"]
+        out[f"mc/{name}/acc_norm"] = result["acc_norm"]
+      return out
+
+    return evaluate
+
+  return build

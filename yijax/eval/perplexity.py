@@ -10,44 +10,22 @@ tokens, which makes models with different tokenizers comparable.
 
 from __future__ import annotations
 
-import collections
-import functools
 import math
 from typing import Any, Iterable, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from yijax.errors import DataError
-from yijax.eval import scoring
+from yijax.train import scoring
 from yijax.models.config import ModelConfig
 
-# times each scoring function was traced (= compiled), by kind; tests read it
-trace_counts: collections.Counter = collections.Counter()
+# times a scoring function was traced (= compiled), by kind; tests read it (scoring's own counter)
+trace_counts = scoring.trace_counts
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
   """UTF-8 bytes per token id (see `Tokenizer.byte_lengths`)."""
   return tokenizer.byte_lengths()
-
-
-@functools.lru_cache(maxsize=16)
-def _batch_scorer(config: ModelConfig, chunk_len: int):
-  """One jitted (params, tokens, positions, segment_ids, byte_table) -> sums; cached per config."""
-  config = config.replace(remat_policy="none")
-
-  def score(params, tokens, positions, segment_ids, byte_table):
-    trace_counts["perplexity"] += 1
-    targets, mask = scoring.next_token_targets(tokens, segment_ids)
-    log_probs, _ = scoring.token_log_probs(config, params, tokens, targets, positions, segment_ids, chunk_len)
-    return {
-        "nll": -scoring.masked_sum(log_probs, mask),
-        "tokens": jnp.sum(mask, dtype=jnp.int32),
-        "bytes": jnp.sum(jnp.where(mask, byte_table[targets], 0), dtype=jnp.int32),
-    }
-
-  return jax.jit(score)
 
 
 def positions_from_segments(segment_ids: np.ndarray) -> np.ndarray:
@@ -80,13 +58,14 @@ def _batch_arrays(batch: Mapping[str, Any], index: int) -> tuple[np.ndarray, np.
 
 def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapping[str, Any]],
                         bytes_per_token: np.ndarray | None = None, max_batches: int | None = None,
-                        chunk_len: int = 512) -> dict[str, float]:
+                        chunk_len: int = 512, scorer: scoring.Scorer | None = None) -> dict[str, float]:
   """Mean next-token NLL over every scored token of `batches`.
 
   Returns {"loss" (nats per token), "perplexity", "tokens", "batches"} and,
   with a `token_byte_lengths` table, "bytes" and "bits_per_byte" (total NLL
   / (ln 2 * total bytes of the scored tokens)). Batches of one shape share
-  one compiled function (also across calls with the same config).
+  one compiled function (also across calls with the same config). scorer: a
+  `scoring.Scorer` on the run's mesh (default: one on the parameters' device).
   """
   if bytes_per_token is not None:
     bytes_per_token = np.asarray(bytes_per_token, np.int32)
@@ -95,10 +74,10 @@ def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapp
           f"bytes_per_token has shape {bytes_per_token.shape} but model.vocab_size={config.vocab_size}; "
           "build it with token_byte_lengths(tokenizer) of the model's tokenizer"
       )
-    byte_table = jnp.asarray(bytes_per_token[: config.vocab_size])
+    byte_table = bytes_per_token[: config.vocab_size]
   else:
-    byte_table = jnp.zeros((config.vocab_size,), jnp.int32)
-  scorer = _batch_scorer(config, chunk_len)
+    byte_table = None
+  scorer = scorer or scoring.Scorer(config, chunk_len=chunk_len)
   total_nll, total_tokens, total_bytes, count = 0.0, 0, 0, 0
   for index, batch in enumerate(batches):
     if max_batches is not None and index >= max_batches:
@@ -107,7 +86,8 @@ def evaluate_perplexity(config: ModelConfig, params: Any, batches: Iterable[Mapp
     if tokens.max(initial=0) >= config.vocab_size or tokens.min(initial=0) < 0:
       raise DataError(f"batch {index} has token ids outside [0, model.vocab_size={config.vocab_size}); "
                        "was the data prepared with a different tokenizer?")
-    sums = jax.device_get(scorer(params, tokens, positions, segment_ids, byte_table))
+    sums = scorer.nll_sums(params, {"tokens": tokens, "positions": positions, "segment_ids": segment_ids},
+                           byte_table)
     total_nll += float(sums["nll"])
     total_tokens += int(sums["tokens"])
     total_bytes += int(sums["bytes"])

@@ -54,12 +54,21 @@ def remat_policy(name: str):
 
 
 def dropout(config: ModelConfig, module: nn.Module, x):
-  """x with config.dropout_rate of its entries zeroed (the rest scaled up) where the caller passed a
-  "dropout" key (models.apply(dropout_rng=...)); x unchanged otherwise."""
+  """x with config.dropout_rate of its entries zeroed (the rest scaled up to keep the mean) where the caller
+  passed a "dropout" key (models.apply(dropout_rng=...)); x unchanged otherwise."""
   if not config.dropout_rate or not module.has_rng("dropout"):
     return x
-  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - config.dropout_rate, x.shape)
-  return jnp.where(keep, x / (1.0 - config.dropout_rate), 0).astype(x.dtype)
+  # one random byte per unit (a quarter of the PRNG work of a float32 draw: dropout's cost on CPU is the PRNG);
+  # the rate is rounded to a multiple of 1/256
+  threshold = round(config.dropout_rate * 256)
+  keep = jax.random.bits(module.make_rng("dropout"), x.shape, jnp.uint8) >= threshold
+  return jnp.where(keep, x * (256.0 / (256 - threshold)), 0).astype(x.dtype)
+
+
+def token_cosine(a, b):
+  """Per token, the cosine between a block's input and output hidden states [..., embed] -> [...] float32."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  return jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-30)
 
 
 class DecoderBlock(nn.Module):
@@ -79,6 +88,7 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     norm = dict(eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     x = sharding.constrain(x, ("batch", "length", "embed"))
+    block_input = x
     attn_out, new_cache, view = Attention(cfg, self.window, self.owns_kv, name="attention")(
         RMSNorm(name="attention_norm", **norm)(x), positions, segment_ids, cache, shared
     )
@@ -90,6 +100,8 @@ class DecoderBlock(nn.Module):
       mlp_out = SwiGLU(cfg.hidden_size, cfg.mlp_dim, init_std=cfg.init_std, dtype=cfg.dtype,
                        param_dtype=cfg.param_dtype, name="mlp")(h)
     x = sharding.constrain(x + dropout(cfg, self, mlp_out), ("batch", "length", "embed"))
+    if self.is_mutable_collection("intermediates"):  # asked for (analysis.layer_cosine); free otherwise
+      self.sow("intermediates", "cosine", token_cosine(block_input, x))
     return (x, new_cache, view) if return_view else (x, new_cache)
 
 
@@ -189,7 +201,7 @@ class Transformer(nn.Module):
         block = nn.remat(block, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
       stacks.append(nn.scan(
           block,
-          variable_axes={"params": 0, "losses": 0, "stats": 0},
+          variable_axes={"params": 0, "losses": 0, "stats": 0, "intermediates": 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, 0),
           length=length,

@@ -1,15 +1,19 @@
 """Stages of the depth up-scaling study: layer cosine, growth, report (results.json, report.md, PNGs)."""
 
 import json
+import logging
 import os
 
 import ml_collections
 import numpy as np
 
 from yijax import models, surgery
+from yijax.analysis import layer_cosine
 from yijax.analysis import growth
 from yijax.models.config import ConfigError
 from yijax.train import flops, params_io
+
+log = logging.getLogger(__name__)
 
 
 def import_stage(args, stage_dir, context) -> dict:
@@ -47,7 +51,7 @@ def cosine_stage(args, stage_dir, context) -> dict:
     per_layer = [v for k, v in metrics.items() if k.startswith("layer/")]
   blocks = {arm: list(surgery.select_block(per_layer, args.block_size, policy)) for arm, policy in args.policies.items()}
   middle = list(surgery.select_block(per_layer, args.block_size, "middle"))
-  return {"per_layer": per_layer, "model_level": surgery.model_level_cosine(per_layer), "trend": trend,
+  return {"per_layer": per_layer, "model_level": layer_cosine.model_level_cosine(per_layer), "trend": trend,
           "blocks": blocks, "middle": middle}
 
 
@@ -125,7 +129,7 @@ def report_stage(args, stage_dir, context) -> dict:
   lines = _table(results)
   with open(os.path.join(context.workdir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  log.info("\n".join(lines))
   _plots(results, context.workdir)
   return {"rule_block": results["rule_block"], "arms": list(arms)}
 

@@ -1,6 +1,7 @@
 """Stages of the G_stack study: grow each arm's small model, then the report (results.json, report.md, PNGs)."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -8,6 +9,8 @@ import numpy as np
 from yijax import surgery
 from yijax.analysis import growth
 from yijax.train import flops, params_io
+
+log = logging.getLogger(__name__)
 
 ORDERS = {"stack": surgery.stack_order, "interpolation": surgery.interpolation_order}
 
@@ -64,7 +67,7 @@ def report_stage(args, stage_dir, context) -> dict:
   lines = _table(results)
   with open(os.path.join(context.workdir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  log.info("\n".join(lines))
   _plot(results, context.workdir)
   return {"best_d_arm": best, "speedups": {a: r["speedup"] for a, r in arms.items()}}
 

@@ -16,6 +16,7 @@ All are `python` stages: fn(args, stage_dir, context) -> summary.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ import shutil
 import numpy as np
 
 from yijax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PREPARED = "prepared"
 HAYSTACK = "haystack.txt"
@@ -122,7 +125,7 @@ def prepare_data(args, stage_dir: str, context) -> dict:
              "passkey_documents": len(docs), "passkey_long_documents": int(long.sum()),
              "passkey_long_token_share": float(sizes[long].sum() / sizes.sum()),
              "passkey_max_tokens": int(sizes.max())}
-  print(json.dumps(summary, indent=1), flush=True)
+  log.info(json.dumps(summary, indent=1))
   return summary
 
 
@@ -176,7 +179,7 @@ def needle_stage(args, stage_dir: str, context) -> dict:
              "keys": list(tasks), "rope_theta": config.rope_theta, "max_seq_len": config.max_seq_len,
              "by_length": length_buckets(records, list(args.bucket_edges)),
              "compilations": dict(generator.trace_counts)}
-  print(json.dumps(summary), flush=True)
+  log.info(json.dumps(summary))
   return summary
 
 
@@ -235,5 +238,5 @@ def report_stage(args, stage_dir, context) -> dict:
     json.dump(results, f, indent=2, sort_keys=True)
   with open(os.path.join(context.workdir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines), flush=True)
+  log.info("\n".join(lines))
   return {"needle": {k: v["mean_score"] for k, v in results["needle"].items()}}

@@ -4,6 +4,7 @@ results.json (per-seed values, mean and se, computed claims) and report.md."""
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from yijax.analysis import plots, stats
 from yijax.studies import common
+
+log = logging.getLogger(__name__)
 
 # arm -> (model preset at cpu/smoke scale, at gpu/paper scale, overrides)
 ARMS = {
@@ -107,7 +110,7 @@ def report(args, stage_dir, context) -> dict:
     f.write(markdown)
   plots.per_seed_points(os.path.join(context.workdir, "eval_loss_by_seed.png"),
                         {arm: v["eval_loss"] for arm, v in per_seed.items()}, "held-out loss (nats/token)")
-  print(markdown)
+  log.info(markdown)
   return {"arms": list(per_seed), "verdicts": {c["id"]: c["verdict"] for c in results["claims"]}}
 
 

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -42,6 +43,8 @@ import ml_collections
 
 from yijax.models.config import ConfigError
 from yijax.errors import YijaxError
+
+log = logging.getLogger(__name__)
 
 DONE = "DONE.json"
 LOG = "log.txt"
@@ -214,33 +217,21 @@ def resolve_instance(study: ml_collections.ConfigDict, instance: Instance, workd
   return stage
 
 
-class _Tee:
-  def __init__(self, *streams):
-    self.streams = streams
-
-  def write(self, text):
-    for s in self.streams:
-      s.write(text)
-    return len(text)
-
-  def flush(self):
-    for s in self.streams:
-      s.flush()
-
-  def isatty(self):
-    return False
-
-
 @contextlib.contextmanager
 def _logged(path: str):
-  with open(path, "a") as log:
-    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-    out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-    try:
-      yield log
-    finally:
-      sys.stdout, sys.stderr = out, err
+  """Appends what yijax logs during a stage (its `logging.getLogger("yijax...")` messages, the loop's
+  included) to the stage's log file, through a handler on the yijax logger: nothing process-wide swapped."""
+  handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  with open(path, "a") as f:
+    f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+  library = logging.getLogger("yijax")
+  library.addHandler(handler)
+  try:
+    yield handler
+  finally:
+    library.removeHandler(handler)
+    handler.close()
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -285,27 +276,26 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
       if done.get("inputs", instance.depends_on) == instance.depends_on:
         summaries[name] = done["summary"]
         skipped.append(name)
-        print(f"[study] {name}: done earlier, skipped", flush=True)
+        log.info(f"[study] {name}: done earlier, skipped")
         continue
-      print(f"[study] {name}: its inputs changed ({done.get('inputs')} -> {instance.depends_on}), rerun",
-            flush=True)
+      log.info(f"[study] {name}: its inputs changed ({done.get('inputs')} -> {instance.depends_on}), rerun")
     os.makedirs(stage_dir, exist_ok=True)
     started = time.time()
     log_path = os.path.join(stage_dir, LOG)
-    print(f"[study] {name} ({stage.kind}) -> {stage_dir}", flush=True)
+    log.info(f"[study] {name} ({stage.kind}) -> {stage_dir}")
     with _logged(log_path):
       try:
         summary = stage_kinds.KINDS[stage.kind](name, stage, stage_dir, context) or {}
       except BaseException as e:  # noqa: BLE001 - reported with the stage's name, then re-raised
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
           raise
-        traceback.print_exc()
+        log.error(f"stage {name!r} failed:\n{traceback.format_exc()}")
         raise StageFailed(f"stage {name!r} failed: {type(e).__name__}: {e}\n  log: {log_path}") from e
     _write_json(done_path, {"hash": digest, "inputs": instance.depends_on, "summary": summary,
                             "finished": time.time(), "seconds": time.time() - started, **code})
     summaries[name] = summary
     ran.append(name)
-  print(f"[study] ran {ran or 'nothing'}; skipped (done earlier) {skipped or 'nothing'}", flush=True)
+  log.info(f"[study] ran {ran or 'nothing'}; skipped (done earlier) {skipped or 'nothing'}")
   _write_json(os.path.join(workdir, RUN), run_record(workdir, names))
   return {"ran": ran, "skipped": skipped, "summaries": summaries}
 

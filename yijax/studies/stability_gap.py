@@ -11,6 +11,7 @@ Both are `python` stages: fn(args, stage_dir, context) -> summary.
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
@@ -20,6 +21,8 @@ import numpy as np
 
 from yijax.data import synthetic_worlds as worlds_lib
 from yijax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PREPARED = "prepared"
 TASKS = "tasks"
@@ -117,7 +120,7 @@ def prepare_data(args, stage_dir: str, context) -> dict:
       "corruption_kinds_dropped": {k: int(sum(1 for kind, keep in zip(kinds, kept) if kind == k and not keep))
                                    for k in ("shuffled", "noisy", "off_topic", "clean")},
   }
-  print(json.dumps(summary, indent=1), flush=True)
+  log.info(json.dumps(summary, indent=1))
   return summary
 
 
@@ -126,14 +129,15 @@ def evaluate_base(args, stage_dir: str, context) -> dict:
   from yijax.eval import dense
   from yijax.train import params_io
 
-  _, params = params_io.load_model(args.model)
+  model_config, params = params_io.load_model(args.model)
   results = {}
-  for evaluator in dense.evaluators_from_config(args.run):
+  for evaluator in dense.build(dense.evaluators_from_config(args.run),
+                               dense.context_from_config(args.run, model_config)):
     results.update(evaluator(params, 0))
   results = {k: float(v) for k, v in results.items()}
   with open(os.path.join(stage_dir, BASE_EVAL), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
-  print(json.dumps({k: round(v, 4) for k, v in results.items()}), flush=True)
+  log.info(json.dumps({k: round(v, 4) for k, v in results.items()}))
   return results
 
 

@@ -23,6 +23,7 @@ e.g. the growth points of a model-growth study).
 
 from __future__ import annotations
 
+import logging
 import json
 from typing import Any
 
@@ -34,7 +35,9 @@ from yijax.models.config import ModelConfig
 from yijax import paths
 from yijax.train import integrity, params_io
 from yijax.errors import CheckpointMismatchError
-from yijax.train.params_io import MODEL_CONFIG, CheckpointError
+from yijax.train.params_io import MODEL_CONFIG, CheckpointError, complete_steps, latest_complete_step  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 ITEMS = ("params", "opt_state", "meta", "data", "config", "model_config", "checksums")
 
@@ -92,22 +95,6 @@ def log_spaced_steps(total_steps: int, count: int) -> list[int]:
   import numpy as np
 
   return sorted({int(s) for s in np.round(np.geomspace(1, total_steps, count))})
-
-
-def complete_steps(checkpoints_dir: str) -> list[int]:
-  """The committed steps under a checkpoints dir, oldest first: orbax's finalized
-  steps (temporary dirs and, on GCS, steps without commit_success.txt left out)
-  that hold params."""
-  if not paths.isdir(checkpoints_dir):
-    return []
-  steps = ocp.step.checkpoint_steps(paths.path(checkpoints_dir))
-  return sorted(s for s in steps if paths.isdir(paths.join(checkpoints_dir, str(s), "params")))
-
-
-def latest_complete_step(checkpoints_dir: str) -> int | None:
-  """The newest committed step under a checkpoints dir (None when there is none)."""
-  steps = complete_steps(checkpoints_dir)
-  return steps[-1] if steps else None
 
 
 class RunCheckpointer:
@@ -177,7 +164,7 @@ class RunCheckpointer:
     except Exception as e:  # noqa: BLE001 - any failure to read a stored item means the step is damaged
       raise CheckpointError(f"checkpoint {step_dir} cannot be read: {_first_line(e)}") from e
     if expected is None:
-      print(f"checkpoint {step_dir} has no checksums (written by an older yijax): not verified", flush=True)
+      log.info(f"checkpoint {step_dir} has no checksums (written by an older yijax): not verified")
     else:
       integrity.verify(restored["params"], expected["params"], f"checkpoint {step_dir}", "params")
       integrity.verify(restored["opt_state"], expected["opt_state"], f"checkpoint {step_dir}", "opt_state")

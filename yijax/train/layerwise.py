@@ -8,9 +8,12 @@ stack S has a leading axis over S's scan steps, and inside a PeriodBlock under
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from yijax.models.config import ConfigError, ModelConfig
 from yijax.models.transformer import DecoderBlock, layer_stacks
@@ -70,24 +73,39 @@ def _group(path_text: str) -> str:
   return "attention" if "attention" in parts else "mlp"
 
 
+@functools.lru_cache(maxsize=8)
+def _squared_sums_fn(mesh):
+  """jitted (params, initial) -> per leaf ([steps] sum (W - W0)^2, [steps] sum W0^2), summed over all but the
+  leading scan axis on the parameters' devices; replicated, so every process reads them."""
+
+  def sums(params, initial):
+    def one(now, before):
+      now, before = now.astype(jnp.float32), before.astype(jnp.float32)
+      axes = tuple(range(1, now.ndim))
+      return jnp.sum(jnp.square(now - before), axis=axes), jnp.sum(jnp.square(before), axis=axes)
+
+    return jax.tree.map(one, params, initial)
+
+  if mesh is None:
+    return jax.jit(sums)
+  return jax.jit(sums, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
 def relative_update(config: ModelConfig, params, initial, k: int = 5) -> dict[str, float]:
-  """Per layer and group ||W - W0|| / ||W0||, plus the bottom-k / top-k ratio of the layer totals."""
+  """Per layer and group ||W - W0|| / ||W0||, plus the bottom-k / top-k ratio of the layer totals. The sums
+  run where the parameters are (sharded ones stay sharded); only [layers] vectors come to the host."""
   index = layer_index(config)
-  stacks = {name for name, *_ in layer_stacks(config)}
+  stacks = [name for name, *_ in layer_stacks(config)]
+  leaf = jax.tree.leaves(params)[0]
+  mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+  sums = jax.device_get(_squared_sums_fn(mesh if isinstance(mesh, Mesh) else None)(
+      {s: params[s] for s in stacks}, {s: initial[s] for s in stacks}))
   diff_sq: dict[tuple[int, str], float] = {}
   base_sq: dict[tuple[int, str], float] = {}
-  flat_now = jax.tree_util.tree_flatten_with_path(params)[0]
-  flat_init = jax.tree.leaves(initial)
-  for (path, now), before in zip(flat_now, flat_init):
+  for path, (d, b) in jax.tree_util.tree_flatten_with_path(sums, is_leaf=lambda x: isinstance(x, tuple))[0]:
     stack, block, text = _where(path)
-    if stack not in stacks:
-      continue
-    now32, before32 = np.asarray(now, np.float32), np.asarray(before, np.float32)
-    axes = tuple(range(1, now32.ndim))
-    d = np.sum(np.square(now32 - before32), axis=axes)
-    b = np.sum(np.square(before32), axis=axes)
     group = _group(text)
-    for step in range(now32.shape[0]):
+    for step in range(d.shape[0]):
       layer = index[stack, step, block]
       for g in (group, "all"):
         diff_sq[layer, g] = diff_sq.get((layer, g), 0.0) + float(d[step])

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -25,10 +24,12 @@ import numpy as np
 from yijax import paths, sharding
 from yijax.train import checkpoint as ckpt_lib
 from yijax.train import flops, metrics as metrics_lib, optimizer as opt_lib, params_io, step as step_lib
-from yijax.train import layerwise, validation
+from yijax.train import evaluation, layerwise, validation
 from yijax.errors import CheckpointMismatchError, YijaxError
 
-Evaluator = Callable[[Any, int], dict]
+log = logging.getLogger(__name__)
+
+EvaluatorBuilder = evaluation.EvaluatorBuilder
 
 
 class TrainingHalted(YijaxError, RuntimeError):
@@ -76,7 +77,7 @@ def _restore_newest_good(checkpointer, abstract, shardings, logical, iterator):
       raise  # a checkpoint of another model config: a config error, not damage
     except params_io.CheckpointError as e:
       where = checkpointer.set_aside(step, str(e))
-      print(f"skipping damaged checkpoint step {step}: {e} (moved to {where})", flush=True)
+      log.info(f"skipping damaged checkpoint step {step}: {e} (moved to {where})")
       continue
     pipeline.restore_iterator(iterator, data_state)
     opt_state, step_count, rng = opt_state
@@ -88,8 +89,11 @@ def _batch_to_device(batch: dict, data_sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def train(config, workdir: str, evaluators: Sequence[Evaluator] = ()) -> dict:
-  """Runs (or resumes) the run in `workdir`; returns the last metrics and evals."""
+def train(config, workdir: str, evaluators: Sequence[EvaluatorBuilder] = ()) -> dict:
+  """Runs (or resumes) the run in `workdir`; returns the last metrics and evals. evaluators: builders, each
+  called once with the run's `evaluation.EvalContext` (its scorer is on the run's mesh), returning an
+  evaluator (params, step) -> metrics or None (`yijax.eval.dense.evaluators_from_config` gives a run
+  config's)."""
   run = _Run()
   try:
     run.set_up(config, workdir, evaluators)
@@ -102,8 +106,8 @@ class _Run:
   """One invocation of a run, as named steps: set up (checks, directories, optimizer, data, state: fresh or
   resumed), then calls of k train steps with their bookkeeping, evaluations and checkpoints between calls."""
 
-  def set_up(self, config, workdir: str, evaluators: Sequence[Evaluator]) -> None:
-    self.config, self.evaluators = config, evaluators
+  def set_up(self, config, workdir: str, evaluators: Sequence[EvaluatorBuilder]) -> None:
+    self.config, self.builders = config, evaluators
     self._start_distributed()
     self._check_and_record(workdir)
     self._build_optimizer_and_data()
@@ -127,12 +131,18 @@ class _Run:
     """Everything that can fail before compiling; then the run dir with its config and tokenizer."""
     config = self.config
     paths.check_output_dir(paths.resolve(workdir), "--workdir")
-    self.plan = validation.check_run_config(config)
+    # the data is resolved (the default data prepared) before the run dir gets anything
+    self.plan = validation.resolve_data(config, validation.check_run_config(config))
     self.model_config, self.mesh, self.rules = self.plan.model_config, self.plan.mesh, self.plan.rules
+    self.data = self.plan.data
     self.workdir = paths.resolve(workdir)
     paths.makedirs(self.workdir)
+    self.recorded_config = config.copy_and_resolve_references()  # as given, with the data it reads
+    with self.recorded_config.unlocked():
+      self.recorded_config.data = self.data
     if jax.process_index() == 0:
-      paths.write_text(paths.join(self.workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+      paths.write_text(paths.join(self.workdir, "config.json"),
+                       self.recorded_config.to_json_best_effort(indent=2, sort_keys=True))
       if self.plan.tokenizer_path and not paths.exists(paths.join(self.workdir, params_io.TOKENIZER)):
         paths.copy_file(self.plan.tokenizer_path, paths.join(self.workdir, params_io.TOKENIZER))
     logging.info("resolved config:\n%s", config)
@@ -148,8 +158,8 @@ class _Run:
     self.data_sharding = sharding.data_sharding(self.mesh, self.rules)
     self.stacked_sharding = sharding.stacked(self.data_sharding)
     per_process = config.train.batch_size // jax.process_count()
-    make_iterator = chunked.train_iterator if chunked.enabled(config.data) else pipeline.train_iterator
-    self.iterator = make_iterator(config.data, config.train.seq_len, per_process, config.train.seed)
+    make_iterator = chunked.train_iterator if chunked.enabled(self.data) else pipeline.train_iterator
+    self.iterator = make_iterator(self.data, config.train.seq_len, per_process, config.train.seed)
 
   def _restore_or_initialize(self) -> None:
     """The newest good checkpoint (and its data position), or fresh parameters (init_from: given ones)."""
@@ -162,17 +172,17 @@ class _Run:
     if resumed is not None:
       self.start, self.state, saved_meta = resumed
       self.meta.update(saved_meta)
-      print(f"resumed {self.workdir} at step {self.start} ({self.meta['tokens_seen']:,} tokens seen)", flush=True)
+      log.info(f"resumed {self.workdir} at step {self.start} ({self.meta['tokens_seen']:,} tokens seen)")
     else:
       params = None
       if config.train.init_from:
         params = _load_initial_params(config.train.init_from, self.model_config, self.shardings.params,
                                       self.abstract, self.logical)
-        print(f"initialized from {config.train.init_from}", flush=True)
+        log.info(f"initialized from {config.train.init_from}")
       if config.train.get("init_data_state_from"):
         pipeline.restore_iterator(self.iterator, ckpt_lib.read_data_state(
             config.train.init_data_state_from, jax.process_index(), jax.process_count()))
-        print(f"data stream continues from {config.train.init_data_state_from}", flush=True)
+        log.info(f"data stream continues from {config.train.init_data_state_from}")
       self.start = 0
       self.state = step_lib.init_state(self.model_config, self.optimizer, self.mesh, self.rules, config.train.seed,
                                        params)
@@ -191,15 +201,27 @@ class _Run:
     self.steps_per_call = int(config.train.get("steps_per_call", 1) or 1)
 
   def _build_evaluation(self) -> None:
+    """The run's EvalContext (a scorer on its mesh), its held-out evaluator and the builders' evaluators."""
+    from yijax.data import pipeline
+
     config = self.config
-    self.evaluate = _held_out_evaluator(config, self.model_config, self.mesh, self.rules, self.shardings.params,
-                                        self.plan)
+    self.eval_context = evaluation.context(
+        self.model_config, self.mesh, self.rules, data=self.data, seq_len=config.train.seq_len,
+        eval_batch_size=config.eval.batch_size, total_steps=config.train.steps,
+        tokenizer_path=self.plan.tokenizer_path, token_bytes=self.plan.token_bytes)
+    self.evaluate = None
+    if config.eval.batches > 0:
+      batches = pipeline.eval_batches(self.data, self.data.eval_split, config.train.seq_len,
+                                      evaluation.process_rows(config.eval.batch_size), config.eval.batches,
+                                      process_index=jax.process_index(), process_count=jax.process_count())
+      if batches:
+        self.evaluate = evaluation.held_out_evaluator(self.eval_context, batches, local=True)
     if config.eval.relative_update_k and self.evaluate is not None:
-      initial = jax.device_get(_initial_params(config, self.model_config, self.optimizer, self.mesh, self.rules,
-                                               self.shardings, self.abstract, self.logical,
-                                               None if self.resumed else self.state))
+      initial = _initial_params(config, self.model_config, self.optimizer, self.mesh, self.rules, self.shardings,
+                                self.abstract, self.logical, None if self.resumed else self.state)
       self.evaluate = _with_relative_update(self.evaluate, self.model_config, initial,
                                             config.eval.relative_update_k)
+    self.evaluators = [e for e in (build(self.eval_context) for build in self.builders) if e is not None]
     self.eval_every = config.eval.every_steps if self.evaluate else 0
 
   # ---------------------------------------------------------------- the loop
@@ -217,7 +239,7 @@ class _Run:
         if preemption.requested or self.checkpointer.reached_preemption(step):
           self._save(step)
           self.checkpointer.wait()
-          print(f"preempted: saved step {step} to {self.checkpointer.directory}; rerun to resume", flush=True)
+          log.info(f"preempted: saved step {step} to {self.checkpointer.directory}; rerun to resume")
           return {"preempted": True, "step": step, **self.last}
         if self.checkpointer.due(step, self.end):
           self._save(step)
@@ -298,7 +320,7 @@ class _Run:
     state = self.state
     self.checkpointer.save(step, state.params, (state.opt_state, state.step, state.rng),
                            dict(self.meta, step=step, time=time.time()), pipeline.iterator_state(self.iterator),
-                           json.loads(self.config.to_json_best_effort()), self.model_config)
+                           json.loads(self.recorded_config.to_json_best_effort()), self.model_config)
     self.writer.sync()  # the metrics up to a checkpoint are as durable as the checkpoint (remote workdirs)
 
   def close(self) -> None:
@@ -344,7 +366,7 @@ class BatchGrowth:
     if self.meta["growth_stale"] >= self.cfg.patience and (
         not self.cfg.max_batch_size or grown * self.base <= self.cfg.max_batch_size):
       self.meta["batch_accumulate"], self.meta["growth_stale"] = grown, 0
-      print(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}", flush=True)
+      log.info(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}")
 
 
 def _call_length(step: int, end: int, steps_per_call: int, eval_every: int, checkpointer) -> int:
@@ -374,17 +396,15 @@ def _initial_params(config, model_config, optimizer, mesh, rules, shardings, abs
 
 
 def _with_relative_update(evaluate, model_config, initial, k: int):
-  def evaluate_and_measure(params) -> dict:
-    return {**evaluate(params), **layerwise.relative_update(model_config, jax.device_get(params), initial, k)}
+  def evaluate_and_measure(params, step: int) -> dict:
+    return {**evaluate(params, step), **layerwise.relative_update(model_config, params, initial, k)}
 
   return evaluate_and_measure
 
 
 def _run_evals(evaluate, evaluators, params, step: int) -> dict:
-  results = dict(evaluate(params)) if evaluate else {}
-  for evaluator in evaluators:
-    results.update(evaluator(params, step))
-  return results
+  results = dict(evaluate(params, step)) if evaluate else {}
+  return {**results, **evaluation.run_evaluators(evaluators, params, step)}
 
 
 def _load_initial_params(path, model_config, param_shardings, abstract, logical):
@@ -394,43 +414,3 @@ def _load_initial_params(path, model_config, param_shardings, abstract, logical)
   return params
 
 
-def _held_out_evaluator(config, model_config, mesh, rules, param_shardings, plan):
-  """Held-out loss / perplexity / bits per byte over fixed eval batches (or None)."""
-  from yijax.data import pipeline
-
-  if config.eval.batches <= 0:
-    return None
-  batches = pipeline.eval_batches(config.data, config.data.eval_split, config.train.seq_len,
-                                  config.eval.batch_size // jax.process_count(), config.eval.batches,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
-  if not batches:
-    return None
-  eval_step = step_lib.make_eval_step(model_config, config.train.vocab_chunk)
-  data_sharding = sharding.data_sharding(mesh, rules)
-  with sharding.use_mesh(mesh, rules):
-    eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, data_sharding))
-  bytes_table = plan.token_bytes
-
-  def evaluate(params) -> dict:
-    nll, count, num_bytes = 0.0, 0.0, 0
-    for local in batches:
-      device_batch = _batch_to_device(local, data_sharding)
-      with sharding.use_mesh(mesh, rules):
-        batch_nll, batch_count = eval_fn(params, device_batch)
-      nll += float(batch_nll)
-      count += float(batch_count)
-      if bytes_table is not None:
-        num_bytes += int(_target_bytes(local, bytes_table))
-    loss = nll / max(count, 1.0)
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens": int(count)}
-    if bytes_table is not None and num_bytes:
-      out["bits_per_byte"] = nll / (math.log(2) * num_bytes)
-    return out
-
-  return evaluate
-
-
-def _target_bytes(batch: dict, bytes_table: np.ndarray) -> int:
-  tokens, segments = np.asarray(batch["tokens"]), np.asarray(batch["segment_ids"])
-  same = (segments[:, 1:] == segments[:, :-1]) & (segments[:, :-1] != 0)
-  return int(bytes_table[tokens[:, 1:]][same].sum())

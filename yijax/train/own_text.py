@@ -14,6 +14,7 @@ rerunning the same command resumes the same run.
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import math
@@ -22,6 +23,8 @@ import time
 from typing import Sequence
 
 from yijax.errors import ConfigError, DataError, MissingFileError
+
+log = logging.getLogger(__name__)
 
 HELD_OUT = 0.1
 PLAN = "quickstart.json"
@@ -47,6 +50,7 @@ class Recipe:
   lr: float = 3e-3
   warmup_fraction: float = 0.05
   dropout: float = 0.0  # model.dropout_rate
+  tie_embeddings: bool = False
   weight_decay: float = 0.1
 
 
@@ -146,7 +150,8 @@ def run_config(recipe: Recipe, prepared: str, steps: int, eval_batches: int, see
       "tiny", vocab_size=recipe.vocab_size, hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
       num_heads=recipe.num_heads, num_kv_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
       mlp_dim=recipe.mlp_dim, max_seq_len=max(recipe.seq_len, 128),
-      scan_unroll=recipe.scan_unroll or recipe.num_layers, dropout_rate=recipe.dropout)
+      scan_unroll=recipe.scan_unroll or recipe.num_layers, dropout_rate=recipe.dropout,
+      tie_embeddings=recipe.tie_embeddings)
   config.data.prepared_dir = prepared
   config.data.sources = {"text": 1.0}
   config.train.steps = steps
@@ -248,8 +253,8 @@ def train_on_text(files: Sequence[str], workdir: str, budget_s: float, seed: int
     least = k * math.ceil(MIN_STEPS / k)
     steps = max(least, int((budget_s - (time.time() - start) - reserve) / seconds) // k * k)
     if steps == least:
-      print(f"the budget of {budget_s:.0f} s leaves less than {least} steps of {seconds:.2f} s after "
-            f"preparation and measuring ({time.time() - start:.0f} s); training {least} steps anyway", flush=True)
+      log.info(f"the budget of {budget_s:.0f} s leaves less than {least} steps of {seconds:.2f} s after "
+            f"preparation and measuring ({time.time() - start:.0f} s); training {least} steps anyway")
     plan = {"recipe": dataclasses.asdict(recipe), "step_time_s": seconds, "steps": steps, "seed": seed,
             "prepare_s": prepared_s, "measure_s": time.time() - start - prepared_s, "first_call_s": first_call,
             "budget_s": budget_s, "eval_batches": eval_batches, **counts}

@@ -17,9 +17,9 @@ gs:// URL (paths.py).
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
-import sys
 from typing import Any
 
 import jax
@@ -28,8 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from yijax.models.config import ModelConfig
-from yijax import paths
+from yijax import models, paths
 from yijax.errors import CheckpointError  # noqa: F401 - re-exported
+
+log = logging.getLogger(__name__)
 
 MODEL_CONFIG = "model_config.json"
 PARAMS = "params"
@@ -74,9 +76,7 @@ def locate_model(path: str) -> ModelLocation:
       return ModelLocation(params_dir, config_file, found, next((f for f in sums if paths.exists(f)), None))
   checkpoints = paths.join(path, "checkpoints")
   if paths.isdir(checkpoints):
-    from yijax.train import checkpoint as run_checkpoint
-
-    step = run_checkpoint.latest_complete_step(checkpoints)
+    step = latest_complete_step(checkpoints)
     if step is not None:
       return locate_model(paths.join(checkpoints, str(step)))
   raise CheckpointError(
@@ -101,31 +101,48 @@ def read_model_config(path: str) -> ModelConfig:
 
 
 def load_model(path: str, dtype: str | None = None, shardings: Any = None,
-               as_numpy: bool = False) -> tuple[ModelConfig, Any]:
+               as_numpy: bool = False, mesh=None, rules=None) -> tuple[ModelConfig, Any]:
   """(config, params) from a model directory, a checkpoint step or a run directory.
 
   dtype: cast every parameter (default: the config's param_dtype).
   shardings: a pytree of jax.sharding.Sharding to restore onto (default:
-  one device). as_numpy: host numpy arrays in their stored dtype (for export).
+  one device); mesh (and rules): restore each parameter straight into its
+  logical-axis sharding on that mesh. as_numpy: host numpy arrays in their
+  stored dtype (for export).
   Every parameter is checked against its saved checksum. A run directory whose newest checkpoint is
   damaged falls back to the newest one that verifies, saying so in one line.
   """
   steps = _run_steps(path)
   if not steps:
-    return _load_verified(path, dtype, shardings, as_numpy)
+    return _load_verified(path, dtype, shardings, as_numpy, mesh, rules)
   errors = []
   for step_dir in reversed(steps):
     try:
-      loaded = _load_verified(step_dir, dtype, shardings, as_numpy)
+      loaded = _load_verified(step_dir, dtype, shardings, as_numpy, mesh, rules)
     except CheckpointError as e:
       errors.append(str(e))
-      print(f"yijax: skipping damaged checkpoint step {paths.basename(step_dir)}: {e}", file=sys.stderr, flush=True)
+      log.warning(f"yijax: skipping damaged checkpoint step {paths.basename(step_dir)}: {e}")
       continue
     if errors:
-      print(f"yijax: using checkpoint step {paths.basename(step_dir)} of {path} (the newer ones are damaged)",
-            file=sys.stderr, flush=True)
+      log.warning(f"yijax: using checkpoint step {paths.basename(step_dir)} of {path} (the newer ones are damaged)")
     return loaded
   raise CheckpointError(f"{path}: no checkpoint reads and verifies; the newest: {errors[0]}")
+
+
+def complete_steps(checkpoints_dir: str) -> list[int]:
+  """The committed steps under a checkpoints dir, oldest first: orbax's finalized
+  steps (temporary dirs and, on GCS, steps without commit_success.txt left out)
+  that hold params."""
+  if not paths.isdir(checkpoints_dir):
+    return []
+  steps = ocp.step.checkpoint_steps(paths.path(checkpoints_dir))
+  return sorted(s for s in steps if paths.isdir(paths.join(checkpoints_dir, str(s), "params")))
+
+
+def latest_complete_step(checkpoints_dir: str) -> int | None:
+  """The newest committed step under a checkpoints dir (None when there is none)."""
+  steps = complete_steps(checkpoints_dir)
+  return steps[-1] if steps else None
 
 
 def _run_steps(path: str) -> list[str]:
@@ -133,17 +150,18 @@ def _run_steps(path: str) -> list[str]:
   resolved = paths.resolve(path, "model path")
   if paths.exists(paths.join(resolved, PARAMS)) or not paths.isdir(paths.join(resolved, "checkpoints")):
     return []
-  from yijax.train import checkpoint as run_checkpoint
-
   checkpoints = paths.join(resolved, "checkpoints")
-  return [paths.join(checkpoints, str(s)) for s in run_checkpoint.complete_steps(checkpoints)]
+  return [paths.join(checkpoints, str(s)) for s in complete_steps(checkpoints)]
 
 
-def _load_verified(path: str, dtype: str | None, shardings: Any, as_numpy: bool) -> tuple[ModelConfig, Any]:
+def _load_verified(path: str, dtype: str | None, shardings: Any, as_numpy: bool, mesh=None,
+                   rules=None) -> tuple[ModelConfig, Any]:
   from yijax.train import integrity
 
   location = locate_model(path)
   config = read_model_config(path)
+  if mesh is not None and shardings is None and not as_numpy:
+    shardings = models.param_shardings(config, mesh, rules)
   params_dir = location.params_dir
   metadata_file = paths.join(params_dir, "_METADATA")
   if paths.exists(metadata_file):

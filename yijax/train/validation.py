@@ -7,6 +7,7 @@ length vs the model, tokenizer vs vocabulary, schedule vs steps.
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import math
@@ -15,20 +16,28 @@ import shutil
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from yijax import configlib, sharding
 from yijax.errors import DataError
 from yijax.models.config import ConfigError, ModelConfig
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class RunPlan:
+  """What a checked run config resolves to. check_run_config fills the model, mesh and rules and checks given
+  data; resolve_data then adds the data config the run reads (the default data prepared if none was given)
+  with its tokenizer. Neither changes the run config."""
+
   model_config: ModelConfig
   mesh: Any
   rules: tuple
-  tokenizer_path: str | None
-  token_bytes: np.ndarray | None  # UTF-8 bytes per token id, for bits per byte
+  tokenizer_path: str | None = None
+  token_bytes: np.ndarray | None = None  # UTF-8 bytes per token id, for bits per byte
+  data: Any = None  # a copy of config.data with prepared_dir resolved (resolve_data)
 
 
 def _positive(config, dotted: str) -> int:
@@ -39,7 +48,9 @@ def _positive(config, dotted: str) -> int:
   return value
 
 
-def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
+def check_run_config(config) -> RunPlan:
+  """Checks everything that can fail before a run touches data or devices' memory: errors name the field and
+  the fix. Reads the manifest of given prepared data; prepares nothing and changes nothing."""
   model_config = configlib.model_config(config)
   for dotted in ("train.steps", "train.batch_size", "train.seq_len", "train.microbatches",
                  "checkpoint.every_steps", "train.log_every"):
@@ -77,8 +88,9 @@ def check_run_config(config, prepare_default_data: bool = True) -> RunPlan:
   warmup = opt_lib.warmup_steps(config.optimizer, train.steps)
   if warmup > train.steps:
     raise ConfigError(f"optimizer.warmup_steps={warmup} exceeds train.steps={train.steps}")
-  tokenizer_path, token_bytes = _check_data(config, model_config, prepare_default_data)
-  return RunPlan(model_config, mesh, rules, tokenizer_path, token_bytes)
+  if config.data.prepared_dir:
+    _check_data(config.data, model_config)
+  return RunPlan(model_config, mesh, rules)
 
 
 def _check_optimizer(optimizer) -> None:
@@ -104,21 +116,27 @@ def _check_optimizer(optimizer) -> None:
     raise ConfigError(f"optimizer.min_lr_ratio={optimizer.min_lr_ratio} must be in [0, 1]")
 
 
-def _check_data(config, model_config: ModelConfig, prepare_default_data: bool):
+def _check_data(data, model_config: ModelConfig) -> dict:
   from yijax.data import pipeline
+
+  manifest = pipeline.read_manifest(data.prepared_dir, data.split, list(data.sources))
+  pipeline.check_tokenizer(manifest, model_config.vocab_size)
+  return manifest
+
+
+def resolve_data(config, plan: RunPlan) -> RunPlan:
+  """The plan with the data the run reads: config.data (copied), or the embedded corpus prepared once into a
+  shared cache (default_prepared_dir) when no data.prepared_dir is given; and its tokenizer."""
   from yijax.data.tokenizer import Tokenizer
 
-  if not config.data.prepared_dir:
-    if not prepare_default_data:
-      return None, None
-    with config.unlocked():
-      config.data.prepared_dir = default_prepared_dir(model_config.vocab_size)
-  manifest = pipeline.read_manifest(config.data.prepared_dir, config.data.split, list(config.data.sources))
-  pipeline.check_tokenizer(manifest, model_config.vocab_size)
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if not data.prepared_dir:
+    data.prepared_dir = default_prepared_dir(plan.model_config.vocab_size)
+  manifest = _check_data(data, plan.model_config)
   path = manifest["tokenizer"]["path"]
   if not os.path.exists(path):
-    return None, None
-  return path, Tokenizer(path).byte_lengths()
+    return dataclasses.replace(plan, data=data)
+  return dataclasses.replace(plan, data=data, tokenizer_path=path, token_bytes=Tokenizer(path).byte_lengths())
 
 
 DEFAULT_DATA_VOCAB = 4096
@@ -143,7 +161,7 @@ def default_prepared_dir(model_vocab_size: int) -> str:
     manifest = os.path.join(out, "manifest.json")
     done = os.path.exists(manifest) and json.load(open(manifest)).get("complete")
     if not done:
-      print(f"preparing the embedded corpus into {out} (once)", flush=True)
+      log.info(f"preparing the embedded corpus into {out} (once)")
       try:
         prepare.prepare_embedded(out, vocab, progress=jax.process_index() == 0)
       except DataError as e:

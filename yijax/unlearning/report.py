@@ -11,11 +11,21 @@ set. Robustness of a method = its successes over the learning-rate x epochs grid
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
 
-from yijax.unlearning import methods, study
+from yijax.unlearning import methods
+
+log = logging.getLogger(__name__)
+
+MODELS = "models"  # the evaluate stage writes one <model>.json per model here
+
+
+def read_results(stage_dir: str, names) -> dict[str, dict]:
+  """The per-model results an evaluate stage wrote."""
+  return {name: json.load(open(os.path.join(stage_dir, MODELS, f"{name}.json"))) for name in names}
 
 
 def _metrics(result: dict, sets, k: str) -> dict:
@@ -54,7 +64,7 @@ def build_results(args, context) -> dict:
 
   sets, k, general = list(args.sets), str(args.table_k), args.general_set
   names = [args.original] + ([args.retrain] if args.get("retrain") else []) + [a["name"] for a in args.arms]
-  raw = study.read_results(context.stage_dir(args.evaluate_stage), names)
+  raw = read_results(context.stage_dir(args.evaluate_stage), names)
   model = params_io.read_model_config(raw[args.original]["model"])
   original = _metrics(raw[args.original], sets, k)
   results = {"original": original, "arms": {}, "tolerance": args.tolerance, "table_k": k, "sets": sets}
@@ -164,5 +174,5 @@ def write_report(args, stage_dir: str, context) -> dict:
   with open(os.path.join(context.workdir, "report.md"), "w") as f:
     f.write(text)
   plot(results, os.path.join(context.workdir, "forget_vs_general.png"), args.general_set)
-  print(text, flush=True)
+  log.info(text)
   return {"arms": len(results["arms"]), "most_robust": results["most_robust"]}

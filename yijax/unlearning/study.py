@@ -11,6 +11,7 @@ Both are `python` stages: fn(args, stage_dir, context) -> summary.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 
@@ -18,10 +19,12 @@ import numpy as np
 
 from yijax.data import chunked
 from yijax.errors import DataError, MissingFileError
-from yijax.unlearning import splits
+from yijax.unlearning import report, splits
+from yijax.unlearning.report import MODELS
+
+log = logging.getLogger(__name__)
 
 PREPARED = "prepared"
-MODELS = "models"
 
 
 def _tokenizer(args, stage_dir: str, train_text: str) -> str:
@@ -78,7 +81,7 @@ def prepare_data(args, stage_dir: str, context) -> dict:
     if have < needed:
       raise DataError(f"set {name!r} has {have} chunks of {args.chunk_len} tokens but the study needs {needed}; "
                        "raise its byte budget (stages.data.args.budgets) or lower the chunk counts")
-  print(json.dumps(summary["sets"], indent=1), flush=True)
+  log.info(json.dumps(summary["sets"], indent=1))
   return summary
 
 
@@ -112,18 +115,10 @@ def evaluate(args, stage_dir: str, context) -> dict:
     summary[name] = {s: round(result[s]["perplexity"], 4) for s in sets}
     line = ", ".join(f"{s} ppl {v:.2f}" for s, v in summary[name].items())
     auc = result.get("mia", {}).get("auc", {})
-    print(f"[evaluate] {name}: {line}" + (f", MIA AUC(K=100) {auc.get('100', np.nan):.3f}" if auc else ""),
-          flush=True)
+    log.info(f"[evaluate] {name}: {line}" + (f", MIA AUC(K=100) {auc.get('100', np.nan):.3f}" if auc else ""))
   return {"models": len(summary)}
-
-
-def read_results(stage_dir: str, names) -> dict[str, dict]:
-  """The per-model results an evaluate stage wrote."""
-  return {name: json.load(open(os.path.join(stage_dir, MODELS, f"{name}.json"))) for name in names}
 
 
 def analyze(args, stage_dir, context) -> dict:
   """The report stage: results.json, report.md and forget_vs_general.png (yijax/unlearning/report.py)."""
-  from yijax.unlearning import report
-
   return report.write_report(args, stage_dir, context)

@@ -21,72 +21,21 @@ examples ({"context", "choices", "answer"[, "group"]}: ARC, HellaSwag, ...
 exported to that format) is scored the same way as `yijax eval
 --multiple_choice`. The builders live in corpus_tasks.py (held-out corpus),
 synthetic.py (arith, facts, induction and their text), pretraining.py (the
-text as prepared sources) and runner.py (scoring).
+text as prepared sources), registry.py (names, options, build_task) and
+runner.py (scoring).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
-
 from yijax.errors import ConfigError
-from yijax.eval.tasks import corpus_tasks, synthetic
 from yijax.eval.tasks.base import Task
 from yijax.eval.tasks.pretraining import pretraining_sources, with_shares
-from yijax.eval.tasks.runner import evaluate_task, evaluate_tasks, file_task, is_task_file
-
-TASKS: dict[str, Callable[..., Task]] = {
-    "bpb_docs": corpus_tasks.build_bpb,
-    "bpb_code": corpus_tasks.build_bpb,
-    "cloze_docs": corpus_tasks.build_cloze,
-    "cloze_code": corpus_tasks.build_cloze,
-    "arith": synthetic.build_arith,
-    "induction": synthetic.build_induction,
-    "facts": synthetic.build_facts,
-}
+from yijax.eval.tasks.registry import (TASKS, build_task, check_options, file_task, is_task_file,  # noqa: F401
+                                       known_options)
+from yijax.eval.tasks.runner import evaluate_task, evaluate_tasks
 
 __all__ = ["TASKS", "Task", "build_task", "evaluate_task", "evaluate_tasks", "pretraining_sources", "with_shares",
            "write_jsonl"]
-
-
-def _accepted(builder: Callable) -> set[str]:
-  return set(inspect.signature(builder).parameters) - {"name", "seed", "tokenizer"}
-
-
-def known_options() -> set[str]:
-  """Every build option some battery task takes."""
-  return set().union(*(_accepted(b) for b in TASKS.values()))
-
-
-def check_options(options: dict, extra=()) -> None:
-  """An option no task (and no scorer in `extra`) takes is a typo: name it and the valid ones."""
-  unknown = sorted(set(options) - known_options() - set(extra))
-  if unknown:
-    raise ConfigError(f"unknown task option(s) {unknown}; valid: {', '.join(sorted(known_options() | set(extra)))}")
-
-
-def build_task(name: str, seed: int = 0, tokenizer=None, _lenient: bool = False, **options) -> Task:
-  """The task `name` (a battery name or a JSONL path) built from `seed`.
-
-  Options a builder does not take are an error (ignored with _lenient, as
-  evaluate_tasks passes one option set to every task). `tokenizer` is only
-  read by induction (its ordinary piece ids and BOS).
-  """
-  if name not in TASKS:
-    if is_task_file(name):
-      return file_task(name)
-    raise ConfigError(f"unknown task {name!r}: choose from {', '.join(TASKS)} or give a path to a JSONL file "
-                     "of {\"context\", \"choices\", \"answer\"} examples")
-  builder = TASKS[name]
-  accepted = _accepted(builder)
-  if not _lenient:
-    rejected = sorted(set(options) - accepted)
-    if rejected:
-      raise ConfigError(f"task {name!r} takes no option(s) {rejected}; its options: {', '.join(sorted(accepted))}")
-  kwargs = {k: v for k, v in options.items() if k in accepted}
-  if "tokenizer" in inspect.signature(builder).parameters:
-    kwargs["tokenizer"] = tokenizer
-  return builder(name, seed, **kwargs)
 
 
 def write_jsonl(task: Task, path: str) -> str:

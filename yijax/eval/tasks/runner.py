@@ -12,38 +12,25 @@ accuracy and mean NLL on the predictable tokens of the repeated span.
 from __future__ import annotations
 
 import collections
-import functools
-import os
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from yijax.errors import ConfigError
-from yijax.eval import multiple_choice, perplexity, scoring
+from yijax.eval import multiple_choice, perplexity
+from yijax.train import scoring
 from yijax.eval.tasks.base import Task
+from yijax.eval.tasks.registry import build_task, check_options
 
 EVAL_OPTIONS = ("batch_size", "max_len", "add_bos", "seq_len")
 
 
-def is_task_file(name_or_path: str) -> bool:
-  """A JSONL task given by path (an existing file, or any name ending in .jsonl)."""
-  return name_or_path.endswith((".jsonl", ".json")) or os.path.isfile(name_or_path)
-
-
-def file_task(path: str) -> Task:
-  """An lm-evaluation-harness-style JSONL file (context, choices, answer[, group]) as a task."""
-  return Task(path, "multiple_choice", items=multiple_choice.load_tasks(path), add_bos=False,
-              description=f"multiple choice from {path}")
-
-
 def _multiple_choice_metrics(config, params, tokenizer, task: Task, batch_size: int, max_len: int | None,
-                             add_bos: bool | None) -> dict[str, float]:
+                             add_bos: bool | None, scorer: scoring.Scorer) -> dict[str, float]:
   max_len = min(max_len or config.max_seq_len, config.max_seq_len)
   scored = multiple_choice.score_multiple_choice(
       config, params, tokenizer, task.items, batch_size=batch_size, max_len=max_len,
-      add_bos=task.add_bos if add_bos is None else add_bos, target_delimiter=task.target_delimiter)
+      add_bos=task.add_bos if add_bos is None else add_bos, target_delimiter=task.target_delimiter, scorer=scorer)
   metrics = {"acc": scored["acc"], "acc_norm": scored["acc_norm"]}
   by_group = collections.defaultdict(list)
   for item, record in zip(task.items, scored["records"]):
@@ -92,29 +79,19 @@ def bpb_batches(tokenizer, texts: Sequence[str], seq_len: int, batch_size: int) 
   return batches
 
 
-def _bpb_metrics(config, params, tokenizer, task: Task, batch_size: int, seq_len: int | None) -> dict[str, float]:
+def _bpb_metrics(config, params, tokenizer, task: Task, batch_size: int, seq_len: int | None,
+                 scorer: scoring.Scorer) -> dict[str, float]:
   seq_len = min(seq_len or 1024, config.max_seq_len)
   tokenizer.check_fits(config.vocab_size)
   table = np.zeros(config.vocab_size, np.int32)
   lengths = tokenizer.byte_lengths()
   table[:len(lengths)] = lengths
   batches = bpb_batches(tokenizer, [piece["text"] for piece in task.data], seq_len, batch_size)
-  result = perplexity.evaluate_perplexity(config, params, batches, table)
+  result = perplexity.evaluate_perplexity(config, params, batches, table, scorer=scorer)
   return {"bits_per_byte": result["bits_per_byte"], "loss": result["loss"]}
 
 
-@functools.lru_cache(maxsize=8)
-def _sequence_scorer(config):
-  config = config.replace(remat_policy="none")
-
-  def score(params, tokens):
-    log_probs, greedy = scoring.token_log_probs(config, params, tokens[:, :-1], tokens[:, 1:])
-    return log_probs, greedy
-
-  return jax.jit(score)
-
-
-def _induction_metrics(config, params, task: Task, batch_size: int) -> dict[str, float]:
+def _induction_metrics(config, params, task: Task, batch_size: int, scorer: scoring.Scorer) -> dict[str, float]:
   tokens = np.asarray(task.data["tokens"], np.int32)
   start, span = task.data["span_start"], task.data["span_len"]
   if tokens.shape[1] > config.max_seq_len or tokens.max() >= config.vocab_size:
@@ -123,35 +100,37 @@ def _induction_metrics(config, params, task: Task, batch_size: int) -> dict[str,
                      "lower span_len or pass vocab_size")
   # target t + 1 is the repeat's token j (j >= 1) when t + 1 = start + span + j
   scored = np.arange(start + span + 1, start + 2 * span) - 1
-  scorer = _sequence_scorer(config)
   log_probs, greedy = [], []
   for first in range(0, len(tokens), batch_size):
     rows = tokens[first:first + batch_size]
     padded = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), 0)]) if len(rows) < batch_size \
         else rows
-    lp, gr = jax.device_get(scorer(params, jnp.asarray(padded)))
+    lp, gr = scorer.token_log_probs(params, padded[:, :-1], padded[:, 1:])
     log_probs.append(lp[:len(rows), scored])
     greedy.append(gr[:len(rows), scored])
   return {"acc": float(np.mean(np.concatenate(greedy))), "loss": float(-np.mean(np.concatenate(log_probs)))}
 
 
 def evaluate_task(config, params, tokenizer, task: Task, batch_size: int = 8, max_len: int | None = None,
-                  add_bos: bool | None = None, seq_len: int | None = None) -> dict[str, float]:
-  """Flat metrics of one built task (see the module docstring)."""
+                  add_bos: bool | None = None, seq_len: int | None = None,
+                  scorer: scoring.Scorer | None = None) -> dict[str, float]:
+  """Flat metrics of one built task (see the module docstring); scorer: a `scoring.Scorer` on the run's
+  mesh (default: one on the parameters' device)."""
   config = config.replace(remat_policy="none")
+  scorer = scorer or scoring.Scorer(config)
   if task.kind == "multiple_choice":
     if tokenizer is None:
       raise ConfigError(f"task {task.name!r} is text: pass the model's tokenizer")
-    return _multiple_choice_metrics(config, params, tokenizer, task, batch_size, max_len, add_bos)
+    return _multiple_choice_metrics(config, params, tokenizer, task, batch_size, max_len, add_bos, scorer)
   if task.kind == "bpb":
     if tokenizer is None:
       raise ConfigError(f"task {task.name!r} is text: pass the model's tokenizer")
-    return _bpb_metrics(config, params, tokenizer, task, batch_size, seq_len)
-  return _induction_metrics(config, params, task, batch_size)
+    return _bpb_metrics(config, params, tokenizer, task, batch_size, seq_len, scorer)
+  return _induction_metrics(config, params, task, batch_size, scorer)
 
 
 def evaluate_tasks(config, params: Any, tokenizer, names_or_paths: Sequence[str], seed: int = 0,
-                   **options) -> dict[str, dict[str, float]]:
+                   scorer: scoring.Scorer | None = None, **options) -> dict[str, dict[str, float]]:
   """{name_or_path: metrics} for battery task names and JSONL task files.
 
   options: build options of the tasks (num_items, context_lines, facts_k,
@@ -161,8 +140,6 @@ def evaluate_tasks(config, params: Any, tokenizer, names_or_paths: Sequence[str]
   battery tasks, whose models saw BOS at every document start; False for
   JSONL files, as lm-eval and `yijax eval --multiple_choice` score them).
   """
-  from yijax.eval.tasks import build_task, check_options
-
   check_options(options, extra=EVAL_OPTIONS)
   scoring_options = {k: options.pop(k) for k in EVAL_OPTIONS if k in options}
   if tokenizer is None:
@@ -170,5 +147,5 @@ def evaluate_tasks(config, params: Any, tokenizer, names_or_paths: Sequence[str]
   results = {}
   for name in names_or_paths:
     task = build_task(name, seed, tokenizer, _lenient=True, **options)
-    results[name] = evaluate_task(config, params, tokenizer, task, **scoring_options)
+    results[name] = evaluate_task(config, params, tokenizer, task, scorer=scorer, **scoring_options)
   return results

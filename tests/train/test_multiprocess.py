@@ -8,8 +8,17 @@ import socket
 import subprocess
 import sys
 
+CONFIG = """
+from yijax.train.config import tiny_pretrain_config
+
+
+def get_config(arg=None):
+  config = tiny_pretrain_config()
+  config.eval.tasks = ["arith"]  # scored in training on the run's mesh: across both processes
+  return config
+"""
+
 ARGS = [
-    "--config=configs/pretrain/tiny.py",
     "--config.model.num_layers=2",
     "--config.train.steps=3",
     "--config.optimizer.warmup_steps=1",
@@ -20,7 +29,6 @@ ARGS = [
     "--config.eval.batches=2",
     "--config.eval.every_steps=0",
     "--config.data.logical_shards=2",
-    "--config.eval.tasks=arith",  # scored in training on the run's mesh: across both processes
 ]
 
 
@@ -42,7 +50,9 @@ def _losses(workdir):
 
 
 def test_two_processes_match_one(tmp_path, prepared_data):
-  command = [sys.executable, "-m", "yijax.cli", "train", *ARGS, f"--config.data.prepared_dir={prepared_data}"]
+  (tmp_path / "config.py").write_text(CONFIG)
+  command = [sys.executable, "-m", "yijax.cli", "train", f"--config={tmp_path / 'config.py'}", *ARGS,
+             f"--config.data.prepared_dir={prepared_data}"]
   single = tmp_path / "single"
   result = subprocess.run(command + [f"--workdir={single}"], env=_env(8), capture_output=True, text=True,
                           timeout=600)

@@ -219,6 +219,8 @@ class _Run:
     if config.eval.relative_update_k and self.evaluate is not None:
       initial = _initial_params(config, self.model_config, self.optimizer, self.mesh, self.rules, self.shardings,
                                 self.abstract, self.logical, None if self.resumed else self.state)
+      # kept on the devices, in the params' sharding (the train step donates the state's own buffers)
+      initial = jax.tree.map(lambda x: x.copy(), initial)
       self.evaluate = _with_relative_update(self.evaluate, self.model_config, initial,
                                             config.eval.relative_update_k)
     self.evaluators = [e for e in (build(self.eval_context) for build in self.builders) if e is not None]

@@ -223,11 +223,6 @@ def _run_checkpoints(fv):
     raise UsageError("--run_dir needs --tasks=NAMES (battery task names, JSONL paths or layer_cosine)")
   if "ckpt" in fv and (fv.ckpt or fv.data or fv.multiple_choice):
     raise UsageError("--run_dir evaluates the run's checkpoints on --tasks; drop --ckpt/--data/--multiple_choice")
-  if paths.is_url(fv.run_dir):
-    raise UsageError(f"--run_dir={fv.run_dir}: evaluating every checkpoint appends to the run's "
-                     "eval/checkpoints.jsonl, which needs a local or mounted run directory; mount the bucket "
-                     "(gcsfuse) or copy the run (gcloud storage cp -r), or evaluate one step with "
-                     "--ckpt=gs://.../checkpoints/STEP")
   try:
     steps = [int(s) for s in fv.steps] if fv.steps else None
   except ValueError:
@@ -236,7 +231,7 @@ def _run_checkpoints(fv):
                                          tokenizer_path=fv.tokenizer, options={"batch_size": fv.batch_size},
                                          mesh=mesh_from_flag(fv.mesh))
   records = checkpoints.load_results(out)
-  print(json.dumps({"run_dir": os.path.abspath(fv.run_dir), "results": out, "records": len(records)}))
+  print(json.dumps({"run_dir": paths.resolve(fv.run_dir, "--run_dir"), "results": out, "records": len(records)}))
   return 0
 
 

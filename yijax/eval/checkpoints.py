@@ -30,11 +30,12 @@ import os
 import re
 from typing import Sequence
 
+from yijax import paths
 from yijax.train import flops, params_io
 
 log = logging.getLogger(__name__)
 
-RESULTS = os.path.join("eval", "checkpoints.jsonl")
+RESULTS = "eval/checkpoints.jsonl"
 LAYER_COSINE = "layer_cosine"
 COSINE_OPTIONS = ("layer_cosine_texts", "layer_cosine_docs", "layer_cosine_tokens")
 UNITS = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -63,34 +64,32 @@ def _step_from_name(name: str) -> int | None:
 
 
 def list_checkpoints(path: str) -> list[CheckpointInfo]:
-  """A run dir's kept checkpoints, or a directory of model dirs, in training order."""
-  path = os.path.abspath(path)
-  run_checkpoints = os.path.join(path, "checkpoints")
-  if os.path.isdir(run_checkpoints):
-    config = json.load(open(os.path.join(path, "config.json")))
+  """A run dir's kept checkpoints, or a directory of model dirs, in training order (local or gs://)."""
+  path = paths.resolve(path, "--run_dir")
+  run_checkpoints = paths.join(path, "checkpoints")
+  if paths.isdir(run_checkpoints):
+    config = paths.read_json(paths.join(path, "config.json"), "the run config")
     out = []
-    for name in sorted((n for n in os.listdir(run_checkpoints) if n.isdigit()), key=int):
-      step_dir = os.path.join(run_checkpoints, name)
-      if not os.path.isdir(os.path.join(step_dir, "params")):
-        continue
-      meta_path = os.path.join(step_dir, "meta", "metadata")
-      meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    for step in params_io.complete_steps(run_checkpoints):  # committed steps only (GCS: commit markers)
+      step_dir = paths.join(run_checkpoints, str(step))
+      meta_path = paths.join(step_dir, "meta", "metadata")
+      meta = paths.read_json(meta_path, "checkpoint metadata") if paths.exists(meta_path) else {}
       model = params_io.read_model_config(step_dir)
       per_token = flops.train_flops_per_token(model, config["train"]["seq_len"])
       tokens = meta.get("tokens_seen")
-      out.append(CheckpointInfo(name, step_dir, int(name), tokens, None if tokens is None else tokens * per_token))
+      out.append(CheckpointInfo(str(step), step_dir, step, tokens, None if tokens is None else tokens * per_token))
     return out
   out = []
-  for name in sorted(os.listdir(path)):
-    model_dir = os.path.join(path, name)
-    if not os.path.isdir(model_dir):
+  for name in sorted(p.name for p in paths.path(path).iterdir()):
+    model_dir = paths.join(path, name)
+    if not paths.isdir(model_dir):
       continue
     try:
       params_io.locate_model(model_dir)
     except params_io.CheckpointError:
       continue
-    meta_path = os.path.join(model_dir, "meta.json")
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    meta_path = paths.join(model_dir, "meta.json")
+    meta = paths.read_json(meta_path, "checkpoint meta.json") if paths.exists(meta_path) else {}
     tokens = meta.get("tokens_seen", _tokens_from_name(name))
     step = meta.get("step", _step_from_name(name))
     flop = meta.get("flops")
@@ -110,24 +109,34 @@ def list_checkpoints(path: str) -> list[CheckpointInfo]:
 def read_done(results_path: str) -> set[tuple[str, str]]:
   """(checkpoint, task) pairs whose lines are all present. The lines of a pair cut short by a kill (a torn
   last line, a block missing metrics) are dropped from the file, so the rerun writes that pair once, whole."""
-  if not os.path.exists(results_path):
+  if not paths.exists(results_path):
     return set()
   lines, counts, expected = [], {}, {}
-  with open(results_path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue  # a write cut short by a kill
-      key = (record["checkpoint"], record["task"])
-      lines.append((key, line if line.endswith("\n") else line + "\n"))
-      counts[key] = counts.get(key, 0) + 1
-      expected[key] = record["n_metrics"]
+  for line in paths.read_text(results_path).splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue  # a write cut short by a kill
+    key = (record["checkpoint"], record["task"])
+    lines.append((key, line if line.endswith("\n") else line + "\n"))
+    counts[key] = counts.get(key, 0) + 1
+    expected[key] = record["n_metrics"]
   done = {key for key, n in counts.items() if n == expected[key]}
-  with open(results_path + ".tmp", "w") as f:
-    f.writelines(line for key, line in lines if key in done)
-  os.replace(results_path + ".tmp", results_path)
+  paths.write_text(results_path, "".join(line for key, line in lines if key in done))
   return done
+
+
+def _append(results_path: str, block: str) -> None:
+  """Adds one (checkpoint, task) block of lines: appended and synced locally; on GCS, which has no append,
+  the whole (small) file is written again as one object."""
+  if paths.is_url(results_path):
+    before = paths.read_text(results_path) if paths.exists(results_path) else ""
+    paths.write_text(results_path, before + block)
+    return
+  with open(results_path, "a") as f:
+    f.write(block)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None = None,
@@ -143,8 +152,9 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
   checkpoints = list_checkpoints(path)
   if steps:
     checkpoints = [c for c in checkpoints if c.step in set(steps)]
-  out_path = out_path or os.path.join(path, RESULTS)
-  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  path = paths.resolve(path, "--run_dir")
+  out_path = paths.resolve(out_path, "--output") if out_path else paths.join(path, RESULTS)
+  paths.makedirs(paths.parent(out_path))
   done = read_done(out_path)
   for info in checkpoints:
     pending = [t for t in tasks if (info.name, t) not in done]
@@ -169,10 +179,7 @@ def evaluate_checkpoints(path: str, tasks: Sequence[str], out_path: str | None =
       base = {"checkpoint": info.name, "step": info.step, "tokens_seen": info.tokens_seen, "flops": info.flops,
               "task": task, "n_metrics": len(metrics)}
       block = "".join(json.dumps({**base, "metric": k, "value": float(v)}) + "\n" for k, v in metrics.items())
-      with open(out_path, "a") as f:
-        f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
+      _append(out_path, block)
       log.info(f"[eval] {info.name} {task}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()))
   return out_path
 
@@ -216,10 +223,9 @@ def _held_out_texts(count: int) -> list[str]:
 
 
 def _run_tokenizer(path: str) -> str | None:
-  candidate = os.path.join(path, params_io.TOKENIZER)
-  return candidate if os.path.exists(candidate) else None
+  candidate = paths.join(path, params_io.TOKENIZER)
+  return candidate if paths.exists(candidate) else None
 
 
 def load_results(results_path: str) -> list[dict]:
-  with open(results_path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(results_path).splitlines() if line.strip()]

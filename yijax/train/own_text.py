@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HELD_OUT = 0.1
 PLAN = "quickstart.json"
 MIN_STEPS = 8  # two calls of the default 4 steps
-LOOP_OVERHEAD = 1.05
+LOOP_OVERHEAD = 1.10
 RUN_START_S = 8.0
 
 

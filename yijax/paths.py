@@ -15,8 +15,11 @@ metrics.py stages its files locally and uploads whole files.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
+import tempfile
 
 from etils import epath
 
@@ -88,7 +91,7 @@ def makedirs(location) -> None:
 
 
 def read_text(location) -> str:
-  return epath.Path(location).read_text()
+  return epath.Path(location).read_text(encoding="utf-8")
 
 
 def read_json(location, what: str = "file"):
@@ -125,14 +128,49 @@ def user_mode_tree(location) -> None:
 
 
 def write_text(location, text: str) -> None:
-  """Writes a whole file (a local file is replaced atomically, as a GCS object always is)."""
+  """Writes a whole file, UTF-8 (a local file is replaced atomically, as a GCS object always is)."""
   if is_url(location):
-    epath.Path(location).write_text(text)
+    epath.Path(location).write_text(text, encoding="utf-8")
     return
   tmp = f"{location}.tmp"
-  with open(tmp, "w") as f:
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, location)
+
+
+def read_bytes(location) -> bytes:
+  return epath.Path(location).read_bytes()
+
+
+def write_bytes(location, data: bytes) -> None:
+  """Writes a whole binary file (atomically locally, as write_text)."""
+  if is_url(location):
+    epath.Path(location).write_bytes(data)
+    return
+  tmp = f"{location}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, location)
+
+
+def append_text(location, text: str) -> None:
+  """Adds text at the end of a file (made if missing). GCS has no append: there the whole (small) file is
+  read and written again as one object."""
+  if is_url(location):
+    before = read_text(location) if exists(location) else ""
+    epath.Path(location).write_text(before + text, encoding="utf-8")
+    return
+  with open(location, "a", encoding="utf-8") as f:
+    f.write(text)
+
+
+def listdir(location) -> list[str]:
+  """The names in a directory, sorted."""
+  return sorted(item.name for item in epath.Path(location).iterdir())
+
+
+def remove(location) -> None:
+  epath.Path(location).unlink()
 
 
 def copy_file(source, destination) -> None:
@@ -164,3 +202,23 @@ def copy_tree(source, destination) -> None:
     else:
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(item.read_bytes())
+
+
+@contextlib.contextmanager
+def local_dir(location, replace: bool = False):
+  """A local directory for tools that write only local files (sentencepiece, ArrayRecord, surgery): `location`
+  itself when it is local; for a gs:// URL a temporary directory whose tree is copied up to `location` when
+  the block ends without an error (a failed block uploads nothing; replace: what was at `location` is
+  removed first) and then removed."""
+  if not is_url(location):
+    makedirs(location)
+    yield location
+    return
+  staging = tempfile.mkdtemp(prefix="yijax-staging-")
+  try:
+    yield staging
+    if replace and exists(location):
+      epath.Path(location).rmtree()
+    copy_tree(staging, location)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)

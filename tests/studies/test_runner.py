@@ -213,3 +213,25 @@ def test_seeded_train_stages_offset_the_seed_and_follow_their_own_seed(tmp_path,
   assert plan["continued/seed2"]["init_from"].endswith("/plan/zz_base/seed2")
   assert plan["report"]["depends_on"] == ["continued/seed0", "continued/seed1", "continued/seed2", "zz_base/seed0",
                                           "zz_base/seed1", "zz_base/seed2"]
+
+
+def test_a_preempted_train_stage_is_not_done_and_resumes(tmp_path, study_file, monkeypatch):
+  """SIGTERM makes the loop save and return {"preempted": True}: the stage is not marked done, the study stops
+  naming it, and the rerun trains it (the loop resumes from the saved step)."""
+  from yijax import configlib
+  from yijax.train import loop
+
+  real, calls = loop.train, []
+
+  def preempted(config, workdir, **kwargs):
+    calls.append(workdir)
+    return {"preempted": True, "step": 2}
+
+  monkeypatch.setattr(loop, "train", preempted)
+  workdir = tmp_path / "study"
+  with pytest.raises(runner.StageFailed, match="'zz_base' was preempted .* at step 2 .* rerun"):
+    runner.run_study(configlib.load_config(f"{study_file}:smoke"), str(workdir))
+  assert len(calls) == 1 and not (workdir / "zz_base" / runner.DONE).exists()
+  monkeypatch.setattr(loop, "train", real)
+  result = runner.run_study(configlib.load_config(f"{study_file}:smoke"), str(workdir))
+  assert result["ran"][0] == "zz_base" and (workdir / "zz_base" / runner.DONE).exists()

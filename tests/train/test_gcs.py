@@ -207,11 +207,119 @@ def test_unsupported_locations_name_the_fix():
   assert paths.resolve("runs/x") == os.path.abspath("runs/x")
 
 
-def test_study_dirs_on_gs_are_refused_with_the_fix(capsys):
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+MOE_ARMS = ("dense", "moe_aux", "moe_no_aux", "moe_aux_free")
+
+
+def _moe_study_args(workdir, prepared_data):
+  """`yijax experiment` on the moe study's smoke scale, at 1 step and 1 eval batch, on the session's data."""
+  config = os.path.join(ROOT, "experiments", "moe", "config.py")
+  return (["yijax", "experiment", f"--config={config}:smoke", f"--workdir={workdir}", "--config.study.steps=1",
+           "--config.study.eval_batches=1"]
+          + [f"--config.stages.{arm}.run.data.prepared_dir={prepared_data}" for arm in MOE_ARMS])
+
+
+def test_a_study_on_gs_runs_resumes_and_publishes(gcs, tmp_path, prepared_data, capsys):
+  """The moe study (smoke, shortened) with a gs:// study dir through the CLI: every stage's run dir,
+  DONE.json and log on the bucket; a rerun skips every finished stage; a stage redone appends to its
+  uploaded log; --results_dir copies the results into a local directory."""
   from yijax import cli
 
-  assert cli.main(["yijax", "experiment", "--config=experiments/moe/config.py:smoke", "--workdir=gs://b/study"]) == 1
-  assert "a study directory must be a local or mounted path" in capsys.readouterr().err
+  study = f"{gcs}/studies/moe"
+  args = _moe_study_args(study, prepared_data)
+  assert cli.main(args + ["--dry_run"]) == 0
+  plan = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [p["stage"] for p in plan] == [f"{arm}/seed0" for arm in sorted(MOE_ARMS)] + ["report"]
+  assert not paths.exists(study)  # a dry run writes nothing
+
+  assert cli.main(args) == 0
+  stages = [f"{arm}/seed0" for arm in MOE_ARMS] + ["report"]
+  done = {name: paths.read_text(paths.join(study, name, "DONE.json")) for name in stages}
+  for arm in MOE_ARMS:
+    run = paths.join(study, arm, "seed0")
+    assert ckpt_lib.complete_steps(paths.join(run, "checkpoints")) == [1]
+    assert [r["step"] for r in _records(run)] == [1]
+    assert "=== " in paths.read_text(paths.join(run, "log.txt"))
+  results = paths.read_json(paths.join(study, "results.json"))
+  assert set(results["arms"]) == set(MOE_ARMS) and results["seeds"] == 1
+  assert "`moe_aux_free_below_dense`" in paths.read_text(paths.join(study, "report.md"))
+  record = paths.read_json(paths.join(study, "run.json"))
+  assert set(record["wall_seconds_by_stage"]) == set(stages)
+  print("TIMING", record["wall_seconds_by_stage"])
+  assert paths.read_bytes(paths.join(study, "eval_loss_by_seed.png")).startswith(b"\x89PNG")
+
+  # a rerun skips every finished stage; a stage without DONE.json is run again, its log continued
+  report_log = paths.read_text(paths.join(study, "report", "log.txt"))
+  assert report_log.count("=== ") == 1 and report_log.count("Mean ± standard error") == 1  # the report's table
+  assert cli.main(args) == 0
+  assert {name: paths.read_text(paths.join(study, name, "DONE.json")) for name in stages} == done
+  paths.remove(paths.join(study, "report", "DONE.json"))
+  published = tmp_path / "published"
+  published.mkdir()
+  (published / "stale.png").write_bytes(b"old")
+  assert cli.main(args + [f"--results_dir={published}"]) == 0
+  assert {n: paths.read_text(paths.join(study, n, "DONE.json")) for n in stages[:-1]} == {n: done[n] for n in stages[:-1]}
+  report_log = paths.read_text(paths.join(study, "report", "log.txt"))
+  assert report_log.count("=== ") == 2 and report_log.count("Mean ± standard error") == 2
+  assert sorted(os.listdir(published)) == ["eval_loss_by_seed.png", "report.md", "results.json", "run.json"]
+  assert json.loads((published / "results.json").read_text()) == results
+  assert "[study] results -> " in capsys.readouterr().out
+
+
+def test_study_dirs_name_the_fix_for_other_schemes_and_a_missing_gcsfs(monkeypatch, capsys):
+  import importlib.util
+
+  from yijax import cli
+
+  args = ["yijax", "experiment", f"--config={os.path.join(ROOT, 'experiments', 'moe', 'config.py')}:smoke"]
+  assert cli.main(args + ["--workdir=s3://bucket/study"]) == 1
+  err = capsys.readouterr().err
+  assert "--workdir=s3://bucket/study" in err and "gs://BUCKET/PATH" in err
+  assert cli.main(args + ["--workdir=runs/x", "--results_dir=hdfs://namenode/results"]) == 1
+  assert "--results_dir=hdfs://namenode/results" in capsys.readouterr().err
+
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name in ("gcsfs", "tensorflow") else find_spec(name, *a))
+  assert cli.main(args + ["--workdir=gs://bucket/study"]) == 1
+  err = capsys.readouterr().err
+  assert "--workdir=gs://bucket/study" in err and "pip install gcsfs" in err
+
+
+def test_data_prepared_in_a_gs_stage_dir_is_read_through_a_local_copy(gcs, tmp_path, monkeypatch, prepared_data):
+  """A data stage of a study on GCS builds its tokenizer and prepared data locally (common.local_stage_dir)
+  and uploads them, the manifest naming the uploaded tokenizer; readers and runs use a cached local copy."""
+  import shutil
+
+  from yijax.data import chunked, pipeline, prepare
+  from yijax.data.tokenizer import Tokenizer
+  from yijax.studies import common
+
+  monkeypatch.setenv("YIJAX_CACHE_DIR", str(tmp_path / "cache"))
+  stage = f"{gcs}/studies/data/data"
+  texts = {"train": [f"def f{i}(x):\n  return x + {i}\n" * (i + 3) for i in range(40)],
+           "validation": [f"print({i})\n" * (i + 2) for i in range(8)]}
+  with common.local_stage_dir(stage) as local:
+    os.makedirs(os.path.join(local, "tokenizer"))
+    shutil.copy(os.path.join(prepared_data, "tokenizer", "tokenizer.model"), os.path.join(local, "tokenizer"))
+    tokenizer = Tokenizer(os.path.join(local, "tokenizer"))
+    for split, docs in texts.items():
+      prepare.write_token_source(os.path.join(local, "prepared"), split, "python_code", tokenizer.encode_batch(docs),
+                                 dict(tokenizer.meta(), path=tokenizer.path))
+  prepared = f"{stage}/prepared"
+  assert paths.read_json(f"{prepared}/manifest.json")["tokenizer"]["path"] == f"{stage}/tokenizer/tokenizer.model"
+  assert not os.path.exists(local)  # the staging directory is gone
+
+  manifest = pipeline.read_manifest(prepared, "train", ["python_code"])
+  assert manifest["root"].startswith(str(tmp_path / "cache")) and os.path.isdir(manifest["root"])
+  chunks = chunked.load_chunks(prepared, "train", "python_code", 4096, add_bos=False, add_eos=False)
+  assert [list(c) for c in chunks] == [list(ids) for ids in tokenizer.encode_batch(texts["train"])]
+
+  run = f"{gcs}/runs/from_gs_data"
+  result = loop.train(_config(prepared, **{"train.steps": 2, "data.sources": {"python_code": 1.0},
+                                           "checkpoint.async_save": False}), run)
+  assert result["step"] == 2 and np.isfinite(result["loss"])
+  assert paths.read_bytes(f"{run}/tokenizer.model") == paths.read_bytes(f"{stage}/tokenizer/tokenizer.model")
 
 
 def test_two_processes_write_one_gs_run(gcs, tmp_path, prepared_data):

@@ -114,10 +114,10 @@ def test_periodic_evaluation_and_run_dir_contents(tmp_path, prepared_data):
     contexts.append(context)
     return lambda params, step: seen.append(step) or {"custom": float(step)}
 
-  result = loop.train(_config(prepared_data, **{"eval.batches": 2, "eval.every_steps": 2}), str(workdir),
-                      evaluators=[build])
+  result = loop.train(_config(prepared_data, **{"eval.batches": 2, "eval.every_steps": 2, "eval.steps": [1, 5]}),
+                      str(workdir), evaluators=[build])
   records = [json.loads(line) for line in open(workdir / "eval.jsonl")]
-  assert [r["step"] for r in records] == [2, 4, 6] and seen == [2, 4, 6]
+  assert [r["step"] for r in records] == [1, 2, 4, 5, 6] and seen == [1, 2, 4, 5, 6]  # every 2, and eval.steps
   assert len(contexts) == 1 and contexts[0].scorer.mesh is not None and contexts[0].total_steps == 6
   assert contexts[0].tokenizer.vocab_size > 0
   assert all(r["bits_per_byte"] > 0 and r["perplexity"] > 1 for r in records)
@@ -130,6 +130,7 @@ def test_periodic_evaluation_and_run_dir_contents(tmp_path, prepared_data):
 
 @pytest.mark.parametrize("override,message", [
     ({"train.seq_len": 2048}, r"train.seq_len=2048 exceeds model.max_seq_len=1024"),
+    ({"eval.steps": [0, 3]}, r"eval.steps=\[0, 3\] has \[0\]: each must be a step in 1..train.steps"),
     ({"train.batch_size": 12}, r"cannot be split over the 8 batch shards"),
     ({"mesh.data": 3}, r"mesh .* has 3 devices but 8 are present"),
     ({"model.num_kv_heads": 3}, r"model.num_heads=4 is not divisible by model.num_kv_heads=3"),

@@ -11,7 +11,7 @@ list per model size. Every function here is plain numpy over those records:
   tokens_to_leave_chance   first tokens at which a metric is 2 se above chance
   tokens_to_half_gain      first tokens at which half of the final gain is reached
   loss_decoupling          downstream metrics against validation loss, counting only changes beyond 2 se
-and plots of each (matplotlib's Figure API).
+and plots of each (matplotlib's Figure API; written to a local path or a gs:// URL).
 
 Rank agreement (Spearman) between two curves that both rise says nothing (it is 1 for any two monotone
 curves), so shapes are compared by distances between normalised curves, and timing by tokens to leave
@@ -171,6 +171,12 @@ def _plt():
   return figures
 
 
+def _save(figure, location: str) -> None:
+  from yijax.analysis import plots
+
+  plots.save(figure, location, dpi=110)
+
+
 def plot_curves(by_size: dict[str, dict], path: str, x: str = "tokens") -> None:
   """One panel per (task, metric): value against tokens or FLOPs, one line per model size."""
   plt = _plt()
@@ -191,8 +197,7 @@ def plot_curves(by_size: dict[str, dict], path: str, x: str = "tokens") -> None:
     ax.axis("off")
   axes.flat[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_matrix(keys: list, matrix: np.ndarray, path: str, title: str, vmax: float = 1.0) -> None:
@@ -209,8 +214,7 @@ def plot_matrix(keys: list, matrix: np.ndarray, path: str, title: str, vmax: flo
   fig.colorbar(image, ax=ax, fraction=0.046)
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_normalized(by_size: dict[str, dict], keys: list, path: str) -> None:
@@ -225,5 +229,4 @@ def plot_normalized(by_size: dict[str, dict], keys: list, path: str) -> None:
     ax.set_xlabel("fraction of training tokens")
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)

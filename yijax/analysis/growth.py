@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import numpy as np
+
+from yijax import paths
 
 
 @dataclasses.dataclass
@@ -36,21 +37,20 @@ class Curve:
     return {k: [float(v) for v in getattr(self, k)] for k in ("steps", "tokens", "flops", "loss", "bits_per_byte")}
 
 
-def _records(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _records(location: str) -> list[dict]:
+  return [json.loads(line) for line in paths.read_text(location).splitlines() if line.strip()]
 
 
 def tokens_by_step(run_dir: str) -> dict[int, float]:
   """{step: tokens seen after it} from a run's metrics.jsonl."""
-  return {int(r["step"]): float(r["tokens_seen"]) for r in _records(os.path.join(run_dir, "metrics.jsonl"))
+  return {int(r["step"]): float(r["tokens_seen"]) for r in _records(paths.join(run_dir, "metrics.jsonl"))
           if "tokens_seen" in r}
 
 
 def eval_curve(run_dir: str, flops_per_token: float, offset_tokens: float = 0.0, offset_flops: float = 0.0) -> Curve:
   """The held-out curve of a run, shifted by what came before it (a small model's tokens and FLOPs)."""
   tokens = tokens_by_step(run_dir)
-  evals = [r for r in _records(os.path.join(run_dir, "eval.jsonl")) if "loss" in r]
+  evals = [r for r in _records(paths.join(run_dir, "eval.jsonl")) if "loss" in r]
   if not evals:
     raise ValueError(f"{run_dir}/eval.jsonl holds no held-out evaluations; set eval.every_steps and eval.batches")
   steps = np.asarray([r["step"] for r in evals], np.float64)

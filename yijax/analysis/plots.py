@@ -1,8 +1,13 @@
-"""Plots of seeded results, drawn with matplotlib's Figure API (no global backend or pyplot state)."""
+"""Plots of seeded results, drawn with matplotlib's Figure API (no global backend or pyplot state), and
+`save`, which writes a figure to a local path or a gs:// URL."""
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Sequence
+
+from yijax import paths
 
 
 class _Figures:
@@ -24,7 +29,15 @@ class _Figures:
 figures = _Figures()
 
 
-def per_seed_points(path: str, values: dict[str, Sequence[float]], ylabel: str) -> None:
+def save(figure, location: str, dpi: int = 100) -> None:
+  """Renders a figure into memory and writes the file through yijax.paths (a local path or a gs:// URL;
+  the format from the file's extension)."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format=os.path.splitext(str(location))[1].lstrip(".") or "png", dpi=dpi)
+  paths.write_bytes(location, buffer.getvalue())
+
+
+def per_seed_points(location: str, values: dict[str, Sequence[float]], ylabel: str) -> None:
   """One column per arm: each seed's value as a dot, the seed mean as a bar with +-2 standard errors."""
   from matplotlib.figure import Figure
 
@@ -41,4 +54,4 @@ def per_seed_points(path: str, values: dict[str, Sequence[float]], ylabel: str) 
   axes.set_ylabel(ylabel)
   axes.set_title("per seed (dots); mean +- 2 se (squares)", fontsize=9)
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
+  save(figure, location, dpi=110)

@@ -26,6 +26,10 @@ applied to the mixed stream, so source s keeps the fraction r_s of its
 tokens and its share becomes w_s * r_s (renormalized): sources rich in long
 documents gain. With natural weights (w_s proportional to tokens) this is the
 natural post-filter token count of each source.
+
+A prepared dir may be a gs:// URL (a study's data stage on GCS): it is read
+through a local copy in the cache (`local_copy`), since ArrayRecord shards are
+read with local file APIs.
 """
 
 from __future__ import annotations
@@ -81,17 +85,18 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def read_manifest(prepared_dir: str, split: str | None = None, sources: Sequence[str] = ()) -> dict:
-  """The manifest of a prepared dir; an error names the fix if it is missing, incomplete or lacks a source."""
-  if not prepared_dir:
-    raise ConfigError("data.prepared_dir is empty; set it to the --out directory of `yijax prepare`")
-  path = os.path.join(prepared_dir, MANIFEST)
-  if not os.path.isfile(path):
-    raise ConfigError(f"data.prepared_dir={prepared_dir} has no {MANIFEST}; prepare data first, e.g. "
-                      f"`yijax prepare --source=embedded --tokenizer=TOK --out={prepared_dir}`")
+  """The manifest of a prepared dir (local, or gs:// read through local_copy; manifest["root"] is the local
+  directory the shards are read from); an error names the fix if it is missing, incomplete or lacks a source."""
   from yijax import paths
 
-  manifest = paths.read_json(path, "the prepared data's manifest")
-  manifest["root"] = prepared_dir
+  if not prepared_dir:
+    raise ConfigError("data.prepared_dir is empty; set it to the --out directory of `yijax prepare`")
+  if not paths.isfile(paths.join(prepared_dir, MANIFEST)):
+    raise ConfigError(f"data.prepared_dir={prepared_dir} has no {MANIFEST}; prepare data first, e.g. "
+                      f"`yijax prepare --source=embedded --tokenizer=TOK --out={prepared_dir}`")
+  root = local_copy(prepared_dir)
+  manifest = paths.read_json(os.path.join(root, MANIFEST), "the prepared data's manifest")
+  manifest["root"] = root
   if split is None:
     return manifest
   available = manifest.get("splits", {}).get(split, {})
@@ -104,12 +109,42 @@ def read_manifest(prepared_dir: str, split: str | None = None, sources: Sequence
       raise ConfigError(f"{prepared_dir}: {split}/{name} is incomplete (an interrupted or failed `yijax prepare`); "
                         "rerun the same prepare command to finish it")
     missing = [shard["path"] for shard in available[name].get("shards", [])
-               if not os.path.isfile(os.path.join(prepared_dir, shard["path"]))]
+               if not os.path.isfile(os.path.join(root, shard["path"]))]
     if missing:
       raise ConfigError(f"{prepared_dir}: {split}/{name} lists {len(missing)} shard file(s) that are missing "
                         f"({missing[0]}{', ...' if len(missing) > 1 else ''}); the prepared data was moved or "
                         "partly deleted: copy it whole, or prepare it again")
   return manifest
+
+
+def local_copy(prepared_dir: str) -> str:
+  """A local prepared dir as it is; a gs:// one copied into $YIJAX_CACHE_DIR (default ~/.cache/yijax)/
+  remote-prepared/<hash of the URL>, once, and again whenever its manifest changes (a file lock keeps the
+  processes of a host from copying it twice)."""
+  import fcntl
+  import hashlib
+  import shutil
+
+  from yijax import paths
+
+  if not paths.is_url(prepared_dir):
+    return prepared_dir
+  remote_manifest = paths.read_text(paths.join(prepared_dir, MANIFEST))
+  cache = os.path.join(os.environ.get("YIJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "yijax"),
+                       "remote-prepared")
+  local = os.path.join(cache, hashlib.sha256(prepared_dir.encode()).hexdigest()[:16])
+  os.makedirs(cache, exist_ok=True)
+  with open(local + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    copied = os.path.join(local, MANIFEST)
+    if not (os.path.isfile(copied) and paths.read_text(copied) == remote_manifest):
+      partial = local + ".partial"
+      shutil.rmtree(partial, ignore_errors=True)
+      paths.copy_tree(prepared_dir, partial)
+      paths.write_text(os.path.join(partial, MANIFEST), remote_manifest)  # the one compared next time
+      shutil.rmtree(local, ignore_errors=True)
+      os.replace(partial, local)
+  return local
 
 
 def available_sources(manifest: dict, split: str) -> list[str]:

@@ -222,6 +222,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
   quality_options (quality.QualityOptions): score the sources named in quality_sources (all when
   empty) and write their best documents up to a token budget as `<name>_hq` (yijax/data/quality.py).
   """
+  from yijax import paths
   from yijax.data.tokenizer import Tokenizer
 
   if not specs:
@@ -231,7 +232,7 @@ def prepare(specs: Sequence[SourceSpec], tokenizer_path: str, out_dir: str, num_
     raise DataError(f"a source is given twice for the same split: {sorted(names)}")
   num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
   tokenizer = Tokenizer(tokenizer_path)
-  token_meta = dict(tokenizer.meta(), path=os.path.abspath(tokenizer.path))
+  token_meta = dict(tokenizer.meta(), path=paths.resolve(tokenizer.path, "--tokenizer"))
   manifest = manifest_lib.read(out_dir) or manifest_lib.new()
   if manifest.get("tokenizer", token_meta).get("sha256") != tokenizer.checksum:
     raise DataError(f"{out_dir} was prepared with another tokenizer ({manifest['tokenizer']['path']}); "

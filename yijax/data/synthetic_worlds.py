@@ -1,17 +1,20 @@
 """Seeded synthetic worlds of invented people: biographies, question-answer text, corrupted documents, QA items.
 
-The stability-gap study (experiments/stability_gap) needs a setting where a
-tiny model has a "domain" whose task it can only solve by combining a
-format learned in pretraining with facts learned in continual pretraining:
+The stability-gap study (experiments/stability_gap) needs a start model that
+already knows the domain's question format and part of the domain, so that a
+dip in domain accuracy can appear when continual pretraining begins:
 
-  world A  people whose biographies (several paraphrases each) AND
-           question-answer text in a fixed format ("Q: Where was X born?\\nA:
-           Y") are pretraining data; the QA of a held-out part of them is
-           never trained on (the general task: extract a fact seen only in
-           prose, in the QA format)
-  world B  other people; pretraining sees one biography of a small part of
-           them (the intro), the domain corpus many biographies of all of
-           them in plain prose, never in QA form; the domain task is their QA
+  world A  people whose biographies (several paraphrases each) are pretraining
+           data, and whose question-answer text ("Q: Where was X born?\nA: Y")
+           is pretraining data for the first `a_qa_count` of them; the QA of the
+           rest is never trained on (held-out world-A QA: extracting a fact seen
+           only in prose, in the QA format)
+  world B  the domain. Its known half (`b_known_count` people) gets a couple of
+           biographies each in pretraining (the start model can answer their
+           QA by extraction); its unknown half never appears in pretraining.
+           The domain corpus is biographies of all of world B in another
+           register (`register="registry"`: archival records rather than
+           narrative prose), never in QA form; the domain task is their QA.
 
 Each person has one value per attribute (birth city, occupation, employer,
 university) drawn from shared pools, so answer strings are familiar
@@ -46,6 +49,29 @@ SENTENCES = {
     "school": ("{name} studied at {school}.", "{name} graduated from {school}.",
                "As a student, {name} attended {school}.", "{name} earned a degree at {school}."),
 }
+# the domain register: archival records about the same facts (the last of each is held out)
+REGISTRY = {
+    "city": ("The parish registry records the birth of {name} in {city}.",
+             "Census returns give {city} as the birthplace of {name}.",
+             "Archive entry: {name}, native of {city}.",
+             "Civil records place the birth of {name} in {city}."),
+    "job": ("Census returns list the occupation of {name} as {job}.",
+            "The trade directory enters {name} under {job}.",
+            "Archive entry: {name}, occupation {job}.",
+            "Tax rolls describe {name} as a {job} by profession."),
+    "employer": ("Payroll ledgers of {employer} carry the name of {name}.",
+                 "The staff register of {employer} includes {name}.",
+                 "Archive entry: {name}, in the employ of {employer}.",
+                 "Pension files show {name} as a former employee of {employer}."),
+    "school": ("The matriculation roll of {school} lists {name}.",
+               "Degree records of {school} name {name} among the graduates.",
+               "Archive entry: {name}, alumnus of {school}.",
+               "Enrolment files of {school} contain an entry for {name}."),
+}
+REGISTRY_FILLERS = ("The file on {name} was catalogued in the county archive.",
+                    "Further papers of {name} are held in a private collection.",
+                    "The entry for {name} was checked against church records.",
+                    "A later hand annotated the record of {name}.")
 FILLERS = ("{name} was known for a quiet sense of humor.", "Friends described {name} as patient and curious.",
            "{name} enjoyed long walks in the evening.", "Later, {name} wrote letters to old colleagues.")
 POOLS = {
@@ -60,6 +86,7 @@ POOLS = {
                "Ivory Hall College", "Juniper University", "Kingsmere College", "Larchmont University",
                "Maplecrest Institute", "Norwood College", "Oakridge University", "Penhallow College"),
 }
+REGISTERS = {"narrative": (None, None), "registry": (REGISTRY, REGISTRY_FILLERS)}
 OFF_TOPIC = (
     "def frobnicate(values):\n    return sorted(v * 2 for v in values if v % 3)\n",
     "Preheat the oven, whisk the eggs with sugar, fold in the flour and bake for forty minutes.",
@@ -102,15 +129,20 @@ def people(world: str, seed: int, count: int, taken: set[str] | None = None) -> 
   return out
 
 
-def biography(person: Person, rng: random.Random, held_out: bool = False) -> str:
-  """A paraphrased biography stating every attribute once, in a random order, with a filler sentence."""
+def biography(person: Person, rng: random.Random, held_out: bool = False, register: str = "narrative") -> str:
+  """A paraphrased biography stating every attribute once, in a random order, with a filler sentence, in the
+  narrative register (pretraining) or the registry register (the domain corpus)."""
+  if register not in REGISTERS:
+    raise ValueError(f"register {register!r} is not one of {sorted(REGISTERS)}")
+  templates, fillers = REGISTERS[register]
+  templates, fillers = templates or SENTENCES, fillers or FILLERS
   values = person.fields()
   sentences = []
   for attribute in ATTRIBUTES:
-    options = SENTENCES[attribute][-1:] if held_out else SENTENCES[attribute][:-1]
+    options = templates[attribute][-1:] if held_out else templates[attribute][:-1]
     sentences.append(rng.choice(options).format(**values))
   rng.shuffle(sentences)
-  sentences.insert(rng.randrange(1, len(sentences) + 1), rng.choice(FILLERS).format(**values))
+  sentences.insert(rng.randrange(1, len(sentences) + 1), rng.choice(fillers).format(**values))
   text = " ".join(sentences)
   return text[0].upper() + text[1:]
 
@@ -154,45 +186,67 @@ def corrupt(text: str, rng: random.Random) -> tuple[str, str]:
 class Worlds:
   world_a: list[Person]  # pretraining people (QA seen for the first `a_qa_count`)
   a_qa_count: int
-  world_b: list[Person]  # domain people (one biography of the first `b_intro_count` in pretraining)
-  b_intro_count: int
+  world_b: list[Person]  # domain people (biographies of the first `b_known_count` in pretraining)
+  b_known_count: int
   reference: list[Person]  # people of clean reference text for the quality scorer (never in the tasks)
 
+  @property
+  def a_trained(self) -> list[Person]:
+    return self.world_a[:self.a_qa_count]
 
-def build(seed: int, world_a: int, world_b: int, a_qa_fraction: float = 0.75, b_intro_fraction: float = 0.3,
+  @property
+  def a_held_out(self) -> list[Person]:
+    return self.world_a[self.a_qa_count:]
+
+  @property
+  def b_known(self) -> list[Person]:
+    return self.world_b[:self.b_known_count]
+
+  @property
+  def b_unknown(self) -> list[Person]:
+    return self.world_b[self.b_known_count:]
+
+
+def build(seed: int, world_a: int, world_b: int, a_qa_fraction: float = 0.75, b_known_fraction: float = 0.5,
           reference: int = 100) -> Worlds:
   taken: set[str] = set()
   a = people("A", seed, world_a, taken)
   b = people("B", seed, world_b, taken)
   ref = people("reference", seed, reference, taken)
-  return Worlds(a, int(round(a_qa_fraction * world_a)), b, int(round(b_intro_fraction * world_b)), ref)
+  return Worlds(a, int(round(a_qa_fraction * world_a)), b, int(round(b_known_fraction * world_b)), ref)
 
 
-def pretraining_texts(worlds: Worlds, seed: int, bios_per_person: int = 4) -> dict[str, list[str]]:
-  """{"world_a_bios", "world_a_qa", "world_b_intro"}: the synthetic part of pretraining."""
+def pretraining_texts(worlds: Worlds, seed: int, bios_per_person: int = 4, qa_per_person: int = 2,
+                      intro_bios: int = 2) -> dict[str, list[str]]:
+  """{"world_a_bios", "world_a_qa", "world_b_intro"}: the synthetic part of pretraining (narrative register);
+  world_b_intro is `intro_bios` biographies of each person of world B's known half."""
   rng = random.Random(f"yijax-world-text:{seed}")
   bios = [biography(p, rng) for _ in range(bios_per_person) for p in worlds.world_a]
-  qa = [qa_text(p, rng) for _ in range(2) for p in worlds.world_a[:worlds.a_qa_count]]
-  intro = [biography(p, rng) for p in worlds.world_b[:worlds.b_intro_count]]
+  qa = [qa_text(p, rng) for _ in range(qa_per_person) for p in worlds.a_trained]
+  intro = [biography(p, rng) for _ in range(intro_bios) for p in worlds.b_known]
   return {"world_a_bios": bios, "world_a_qa": qa, "world_b_intro": intro}
 
 
-def domain_texts(worlds: Worlds, seed: int, count: int, corrupt_fraction: float) -> tuple[list[str], list[str]]:
-  """`count` world-B biographies cycling over the people; (texts, kinds) with kind "clean" or the corruption."""
+def domain_texts(worlds: Worlds, seed: int, count: int, corrupt_fraction: float,
+                 register: str = "registry") -> tuple[list[str], list[str], list[int]]:
+  """`count` world-B biographies cycling over the people, in `register`; (texts, kinds, person index) with
+  kind "clean" or the corruption."""
   rng = random.Random(f"yijax-world-domain:{seed}")
-  texts, kinds = [], []
+  texts, kinds, who = [], [], []
   for index in range(count):
-    text = biography(worlds.world_b[index % len(worlds.world_b)], rng)
+    who.append(index % len(worlds.world_b))
+    text = biography(worlds.world_b[who[-1]], rng, register=register)
     if rng.random() < corrupt_fraction:
       text, kind = corrupt(text, rng)
     else:
       kind = "clean"
     texts.append(text)
     kinds.append(kind)
-  return texts, kinds
+  return texts, kinds, who
 
 
-def validation_texts(persons: list[Person], seed: int, tag: str) -> list[str]:
-  """One biography per person in the held-out paraphrases (held-out loss of a source)."""
+def validation_texts(persons: list[Person], seed: int, tag: str, register: str = "narrative",
+                     per_person: int = 1) -> list[str]:
+  """`per_person` biographies per person in the held-out paraphrases (held-out loss of a source)."""
   rng = random.Random(f"yijax-world-validation:{tag}:{seed}")
-  return [biography(p, rng, held_out=True) for p in persons]
+  return [biography(p, rng, held_out=True, register=register) for _ in range(per_person) for p in persons]

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from yijax import paths
 from yijax.errors import ConfigError, MissingFileError
 
 RESULTS_FILE = "needle.jsonl"
@@ -227,18 +228,17 @@ def read_results(path: str, settings: str | None = None) -> dict[tuple[int, floa
   """Records of a needle.jsonl by (length, depth); a torn last line (a killed run) is ignored.
   With `settings`, records made with other settings are an error."""
   found: dict[tuple[int, float], dict] = {}
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return found
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if settings is not None and record.get("settings") != settings:
-        raise ConfigError(f"{path} holds needle results made with other settings (needle, question, answer, "
-                         "template, haystack, tokenizer, max_new_tokens, add_bos or model differ); use a new --out")
-      found[int(record["length"]), float(record["depth"])] = record
+  for line in paths.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if settings is not None and record.get("settings") != settings:
+      raise ConfigError(f"{path} holds needle results made with other settings (needle, question, answer, "
+                        "template, haystack, tokenizer, max_new_tokens, add_bos or model differ); use a new --out")
+    found[int(record["length"]), float(record["depth"])] = record
   return found
 
 
@@ -262,14 +262,20 @@ def _batches(pending: list[tuple[int, float]], grid: list[tuple[int, float]], ma
 
 
 def _append_lines(path: str, lines: list[str]) -> None:
-  """Appends lines, starting a new line first if a killed run left a torn one."""
+  """Appends lines, starting a new line first if a killed run left a torn one (a gs:// file, which has no
+  append, is written again whole)."""
+  text = "".join(line + "\n" for line in lines)
+  if paths.is_url(path):
+    before = paths.read_text(path) if paths.exists(path) else ""
+    paths.write_text(path, before + ("\n" if before and not before.endswith("\n") else "") + text)
+    return
   torn = False
   if os.path.exists(path) and os.path.getsize(path):
     with open(path, "rb") as f:
       f.seek(-1, os.SEEK_END)
       torn = f.read(1) != b"\n"
   with open(path, "a") as f:
-    f.write(("\n" if torn else "") + "".join(line + "\n" for line in lines))
+    f.write(("\n" if torn else "") + text)
     f.flush()
 
 
@@ -337,7 +343,10 @@ def mean_score(records: Iterable[dict]) -> float:
 
 def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = None, title: str | None = None) -> None:
   """Heatmap of scores: x = context length, y = depth (0% on top), red (0) -> green (1), as in Fu et al.;
-  a dashed white line marks `train_length` (the model's max_seq_len) when lengths cross it."""
+  a dashed white line marks `train_length` (the model's max_seq_len) when lengths cross it. `path`: local or
+  gs://."""
+  import io
+
   from matplotlib.colors import LinearSegmentedColormap
   from matplotlib.figure import Figure
 
@@ -365,7 +374,9 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
                           f"mean score {mean_score(records):.3f}")
   figure.colorbar(image, ax=axes, label="Score")
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  image_bytes = io.BytesIO()
+  figure.savefig(image_bytes, format=os.path.splitext(path)[1].lstrip(".") or "png", dpi=120)
+  paths.write_bytes(path, image_bytes.getvalue())
 
 
 def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int = 0, max_length: int = 0,

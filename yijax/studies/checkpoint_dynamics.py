@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 
+from yijax import paths
 from yijax.analysis import stats
+from yijax.studies import common
 
 # the metric each task contributes to the cross-task analysis (higher is better after dynamics.ability)
 PRIMARY = {"bpb_docs": "bits_per_byte", "bpb_code": "bits_per_byte", "cloze_docs": "acc", "cloze_code": "acc",
@@ -29,20 +30,22 @@ TASK_INFO = "task_info.json"
 
 def prepare_data(args, stage_dir: str, context) -> dict:
   """args: vocab_size, sample_mb, seed, facts_per_group, arith_examples, from_dir ("" = prepare the
-  embedded corpus here; a prepared embedded dir is copied, never written to)."""
+  embedded corpus here; a prepared embedded dir is copied, never written to). Prepared in a local directory
+  and copied up when the stage dir is a gs:// URL."""
   from yijax.data import prepare
   from yijax.eval.tasks import pretraining
 
-  out = os.path.join(stage_dir, "prepared")
-  if args.get("from_dir"):
-    if not os.path.exists(os.path.join(out, "tokenizer")):
-      shutil.copytree(args.from_dir, out, dirs_exist_ok=True)
-  else:
-    prepare.prepare_embedded(out, int(args.vocab_size), sample_mb=float(args.sample_mb), progress=False)
-  written = pretraining.pretraining_sources(out, os.path.join(out, "tokenizer"), int(args.seed),
-                                            facts_per_group=int(args.facts_per_group),
-                                            arith_examples=int(args.arith_examples))
-  return {"prepared_dir": out, "sources_added": written}
+  with common.local_stage_dir(stage_dir) as local:
+    out = os.path.join(local, "prepared")
+    if args.get("from_dir"):
+      if not os.path.exists(os.path.join(out, "tokenizer")):
+        paths.copy_tree(args.from_dir, out)
+    else:
+      prepare.prepare_embedded(out, int(args.vocab_size), sample_mb=float(args.sample_mb), progress=False)
+    written = pretraining.pretraining_sources(out, os.path.join(out, "tokenizer"), int(args.seed),
+                                              facts_per_group=int(args.facts_per_group),
+                                              arith_examples=int(args.arith_examples))
+  return {"prepared_dir": paths.join(stage_dir, "prepared"), "sources_added": written}
 
 
 def evaluate_run(args, stage_dir: str, context) -> dict:
@@ -51,7 +54,7 @@ def evaluate_run(args, stage_dir: str, context) -> dict:
   from yijax.eval import checkpoints
   from yijax.models.config import ConfigError
 
-  if not os.path.isdir(args.run):
+  if not paths.isdir(args.run):
     raise ConfigError(f"no checkpoints at {args.run}: give the run dir or the directory of converted checkpoints "
                       "(--config.paths.checkpoints=DIR at paper scale)")
   extra = args.get("extra_tasks") or []
@@ -59,13 +62,12 @@ def evaluate_run(args, stage_dir: str, context) -> dict:
   missing = [t for t in tasks if t.endswith(".jsonl") and not os.path.exists(t)]
   if missing:
     raise ConfigError(f"benchmark files not found: {missing} (--config.paths.benchmarks)")
-  out = os.path.join(stage_dir, checkpoints.RESULTS)
+  out = paths.join(stage_dir, checkpoints.RESULTS)
   options = args.options.to_dict() if hasattr(args.options, "to_dict") else dict(args.get("options") or {})
   checkpoints.evaluate_checkpoints(args.run, tasks, out_path=out, seed=int(args.seed),
                                    tokenizer_path=args.get("tokenizer") or None, options=options)
   records = checkpoints.load_results(out)
-  with open(os.path.join(stage_dir, TASK_INFO), "w") as f:
-    json.dump(task_info(tasks, int(args.seed), options), f, indent=2)
+  paths.write_text(paths.join(stage_dir, TASK_INFO), json.dumps(task_info(tasks, int(args.seed), options), indent=2))
   return {"records": len(records), "checkpoints": len({r["checkpoint"] for r in records})}
 
 
@@ -110,7 +112,7 @@ def report(args, stage_dir: str, context) -> dict:
   workdir = context.workdir
   by_size, loss_by_size = {}, {}
   for label, stage in args.sizes.items():
-    records = checkpoints.load_results(os.path.join(context.stage_dir(stage), checkpoints.RESULTS))
+    records = checkpoints.load_results(paths.join(context.stage_dir(stage), checkpoints.RESULTS))
     by_size[label] = dynamics.trajectories(records)
     loss_by_size[label] = _loss_trajectory(by_size[label])
   params = {label: int(args.params.get(label, 0)) for label in by_size}
@@ -122,13 +124,13 @@ def report(args, stage_dir: str, context) -> dict:
 
   shown = {label: {k: v for k, v in trajs.items() if k in primary(trajs) or k[1] in ("acc_k1", "acc_k16")}
            for label, trajs in by_size.items()}  # the primary metrics, and facts seen once vs 16 times
-  dynamics.plot_curves(shown, os.path.join(workdir, "curves_tokens.png"), x="tokens")
-  dynamics.plot_curves(shown, os.path.join(workdir, "curves_flops.png"), x="flops")
+  dynamics.plot_curves(shown, paths.join(workdir, "curves_tokens.png"), x="tokens")
+  dynamics.plot_curves(shown, paths.join(workdir, "curves_flops.png"), x="flops")
   info = {}
   for stage in args.sizes.values():
-    path = os.path.join(context.stage_dir(stage), TASK_INFO)
-    if os.path.exists(path):
-      info.update(json.load(open(path)))
+    path = paths.join(context.stage_dir(stage), TASK_INFO)
+    if paths.exists(path):
+      info.update(paths.read_json(path, "the task info"))
 
   def noise(key, trajs) -> float:
     """se of one evaluation: binomial for an accuracy on N items; 0 for bits per byte of a fixed text."""
@@ -145,7 +147,7 @@ def report(args, stage_dir: str, context) -> dict:
     names, matrix, summary = dynamics.distance_matrix(trajs, keys, se)
     results["distances"][label] = summary
     if label == largest:
-      dynamics.plot_matrix(names, matrix, os.path.join(workdir, "distances.png"),
+      dynamics.plot_matrix(names, matrix, paths.join(workdir, "distances.png"),
                            f"RMS distance between gain-fraction curves ({label})", vmax=0.5)
       results["distance_matrix"] = {"keys": [f"{t}/{m}" for t, m in names],
                                     "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix]}
@@ -183,18 +185,17 @@ def report(args, stage_dir: str, context) -> dict:
     finite = [p for p in pairs if p is not None]  # a curve that did not move beyond 2 se has no shape
     results["across_sizes"][f"{key[0]}/{key[1]}"] = {"distance": float(np.mean(finite)) if finite else None,
                                                      "pairs": len(finite)}
-  dynamics.plot_normalized(by_size, keys, os.path.join(workdir, "normalized.png"))
-  _plot_loss_vs_metrics(by_size, loss_by_size, keys, os.path.join(workdir, "loss_vs_downstream.png"))
+  dynamics.plot_normalized(by_size, keys, paths.join(workdir, "normalized.png"))
+  _plot_loss_vs_metrics(by_size, loss_by_size, keys, paths.join(workdir, "loss_vs_downstream.png"))
 
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(_report_md(results, labels, keys))
+  paths.write_text(paths.join(workdir, "results.json"), json.dumps(results, indent=2))
+  paths.write_text(paths.join(workdir, "report.md"), _report_md(results, labels, keys))
   return {"sizes": labels, "within": results["distances"][largest]["within"],
           "across": results["distances"][largest]["across"]}
 
 
 def _plot_loss_vs_metrics(by_size, loss_by_size, keys, path) -> None:
+  from yijax.analysis import plots
   from yijax.analysis.plots import figures as plt
 
   shown = [k for k in keys if k[0] not in LOSS_TASKS]
@@ -213,8 +214,7 @@ def _plot_loss_vs_metrics(by_size, loss_by_size, keys, path) -> None:
     ax.set_title(f"{key[0]}/{key[1]}", fontsize=9)
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save(fig, path, dpi=100)
 
 
 def _report_md(results, labels, keys) -> str:

@@ -12,14 +12,21 @@ A study config is
     knobs = common.by_scale(scale, smoke={...}, cpu={...}, gpu={...}, paper={...})
     config = common.new_study("moe", scale, knobs)
     run.train.steps = config.study.get_ref("steps")
+
+and `local_stage_dir`, where a python stage builds what only local tools can write (a tokenizer, prepared
+data) when its stage dir is a gs:// URL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from typing import Any
 
 import ml_collections
 
+from yijax import paths
 from yijax.models.config import ConfigError
 
 SCALES = ("smoke", "cpu", "gpu", "paper")
@@ -60,3 +67,33 @@ def link(run: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collectio
     with node.unlocked():
       node[leaf] = value
   return run
+
+
+@contextlib.contextmanager
+def local_stage_dir(stage_dir: str, replace: bool = False):
+  """A local directory standing in for `stage_dir` (paths.local_dir): the stage dir itself when local; for a
+  gs:// stage dir a temporary one, copied up when the block ends without an error (replace: over what was
+  there, removed first; else beside it: the stage's log is there). A prepared-data manifest
+  built there names its tokenizer and inputs by local path: those inside the staging directory are renamed
+  to their uploaded locations, so runs that read the prepared data find its tokenizer."""
+  with paths.local_dir(stage_dir, replace) as local:
+    yield local
+    if local != stage_dir:
+      _rebase_manifests(local, stage_dir)
+
+
+def _rebase_manifests(local: str, url: str) -> None:
+  from yijax.data import manifest as manifest_lib
+
+  def rebase(value):
+    if isinstance(value, str) and value.startswith(local + os.sep):
+      return paths.join(url, *os.path.relpath(value, local).split(os.sep))
+    if isinstance(value, dict):
+      return {k: rebase(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return [rebase(v) for v in value]
+    return value
+
+  for root, _, files in os.walk(local):
+    if manifest_lib.MANIFEST in files:
+      manifest_lib.write(root, rebase(json.loads(paths.read_text(os.path.join(root, manifest_lib.MANIFEST)))))

@@ -2,14 +2,14 @@
 
 import json
 import logging
-import os
 
 import ml_collections
 import numpy as np
 
-from yijax import models, surgery
+from yijax import models, paths, surgery
 from yijax.analysis import layer_cosine
-from yijax.analysis import growth
+from yijax.analysis import growth, plots
+from yijax.studies import common
 from yijax.models.config import ConfigError
 from yijax.train import flops, params_io
 
@@ -24,7 +24,8 @@ def import_stage(args, stage_dir, context) -> dict:
   if missing:
     raise ConfigError(f"the paper scale needs {', '.join(missing)}: the Yi-6B Hugging Face directory and the two "
                       "continual-pretraining mixtures prepared with Yi's tokenizer (`yijax prepare`)")
-  config = hf.hf_to_yijax(args.hf_dir, os.path.join(stage_dir, "model"), overwrite=True)
+  with common.local_stage_dir(paths.join(stage_dir, "model"), replace=True) as out:
+    config = hf.hf_to_yijax(args.hf_dir, out, overwrite=True)
   return {"layers": config.num_layers, "params": models.param_count(config)["total"]}
 
 
@@ -34,9 +35,9 @@ def cosine_stage(args, stage_dir, context) -> dict:
   from yijax.eval import checkpoints
 
   trend = []
-  if os.path.isdir(os.path.join(args.source, "checkpoints")):
+  if paths.isdir(paths.join(args.source, "checkpoints")):
     out = checkpoints.evaluate_checkpoints(args.source, [checkpoints.LAYER_COSINE],
-                                           out_path=os.path.join(stage_dir, "checkpoints.jsonl"))
+                                           out_path=paths.join(stage_dir, "checkpoints.jsonl"))
     by_checkpoint = {}
     for r in checkpoints.load_results(out):
       by_checkpoint.setdefault((r["tokens_seen"], r["step"]), {})[r["metric"]] = r["value"]
@@ -60,9 +61,9 @@ def _held_out(run_dir: str, max_batches: int):
   from yijax.data import pipeline
   from yijax.data.tokenizer import Tokenizer
 
-  run = ml_collections.ConfigDict(json.load(open(os.path.join(run_dir, "config.json"))))
+  run = ml_collections.ConfigDict(paths.read_json(paths.join(run_dir, "config.json"), "the run config"))
   batches = pipeline.eval_batches(run.data, run.data.eval_split, run.train.seq_len, run.eval.batch_size, max_batches)
-  return batches, Tokenizer(os.path.join(run_dir, params_io.TOKENIZER)).byte_lengths()
+  return batches, Tokenizer(paths.join(run_dir, params_io.TOKENIZER)).byte_lengths()
 
 
 def _score(path: str, batches, byte_lengths) -> dict:
@@ -74,23 +75,25 @@ def _score(path: str, batches, byte_lengths) -> dict:
 
 
 def grow_stage(args, stage_dir, context) -> dict:
-  """One grown model dir per arm (block duplicated right after itself), scored before and after growth."""
+  """One grown model dir per arm (block duplicated right after itself), scored before and after growth
+  (grown in a local directory and copied up when the stage dir is a gs:// URL)."""
   blocks = dict(args.blocks) or context.summaries["cosine"]["blocks"]
   num_layers = params_io.read_model_config(args.source).num_layers
   held_out = _held_out(args.source, args.eval_batches) if args.eval_batches else None
   summary = {"source": _score(args.source, *held_out) if held_out else {}}
   for arm, (start, end) in blocks.items():
     order = surgery.block_order(num_layers, start, end)
-    made = surgery.grow_model_dir(args.source, os.path.join(stage_dir, arm), order, overwrite=True)
-    summary[arm] = {"block": [start, end], "order": order, "params": made["params"],
-                    **(_score(os.path.join(stage_dir, arm), *held_out) if held_out else {})}
+    with common.local_stage_dir(paths.join(stage_dir, arm), replace=True) as out:
+      made = surgery.grow_model_dir(args.source, out, order, overwrite=True)
+      scores = _score(out, *held_out) if held_out else {}
+    summary[arm] = {"block": [start, end], "order": order, "params": made["params"], **scores}
   return summary
 
 
 def _batch_sizes(run_dir: str) -> list[list[float]]:
   """[[tokens seen, new batch size], ...] at the start and at every change of the batch size."""
   changes, last = [], None
-  for line in open(os.path.join(run_dir, "metrics.jsonl")):
+  for line in paths.read_text(paths.join(run_dir, "metrics.jsonl")).splitlines():
     r = json.loads(line)
     if r["batch_size"] != last:
       changes.append([r["tokens_seen"], r["batch_size"]])
@@ -105,7 +108,7 @@ def report_stage(args, stage_dir, context) -> dict:
   for arm in args.arms:
     run_dir = context.stage_dir(f"continue_{arm}")
     config = params_io.read_model_config(run_dir)
-    seq_len = json.load(open(os.path.join(run_dir, "config.json")))["train"]["seq_len"]
+    seq_len = paths.read_json(paths.join(run_dir, "config.json"), "the run config")["train"]["seq_len"]
     curve = growth.eval_curve(run_dir, flops.train_flops_per_token(config, seq_len))
     start = grown["source"] if arm == "control" else grown[arm]
     arms[arm] = {"layers": config.num_layers, "block": grown.get(arm, {}).get("block"),
@@ -124,11 +127,9 @@ def report_stage(args, stage_dir, context) -> dict:
              "rule_picked_middle": cosine["blocks"].get("max_cosine") == cosine["middle"],
              "cosine_trend": [[t["tokens"], t["model_level"]] for t in cosine["trend"]],
              "common_tokens": common, "arms": arms}
-  with open(os.path.join(context.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
   lines = _table(results)
-  with open(os.path.join(context.workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(paths.join(context.workdir, "report.md"), "\n".join(lines) + "\n")
   log.info("\n".join(lines))
   _plots(results, context.workdir)
   return {"rule_block": results["rule_block"], "arms": list(arms)}
@@ -164,13 +165,11 @@ def _plots(results, workdir) -> None:
   right.bar(range(len(results["per_layer_cosine"])), results["per_layer_cosine"])
   right.set(xlabel="layer", ylabel="mean cosine(input, output)", title="per layer, final checkpoint")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "layer_cosine.png"), dpi=100)
-  plt.close(fig)
+  plots.save(fig, paths.join(workdir, "layer_cosine.png"), dpi=100)
   fig, ax = plt.subplots(figsize=(6, 4))
   for arm, a in results["arms"].items():
     ax.plot(a["curve"]["tokens"], a["curve"]["loss"], marker=".", label=f"{arm} ({a['layers']}L)")
   ax.set(xlabel="tokens after growth", ylabel="held-out loss", title="continual pretraining after growth")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "loss_vs_tokens.png"), dpi=100)
-  plt.close(fig)
+  plots.save(fig, paths.join(workdir, "loss_vs_tokens.png"), dpi=100)

@@ -2,12 +2,12 @@
 
 import json
 import logging
-import os
 
 import numpy as np
 
-from yijax import surgery
-from yijax.analysis import growth
+from yijax import paths, surgery
+from yijax.analysis import growth, plots
+from yijax.studies import common
 from yijax.train import flops, params_io
 
 log = logging.getLogger(__name__)
@@ -16,19 +16,21 @@ ORDERS = {"stack": surgery.stack_order, "interpolation": surgery.interpolation_o
 
 
 def grow_stage(args, stage_dir, context) -> dict:
-  """Each arm's grown model dir, from its small model's checkpoint at the growth point d."""
+  """Each arm's grown model dir, from its small model's checkpoint at the growth point d (grown in a local
+  directory and copied up when the stage dir is a gs:// URL)."""
   summary = {}
   for arm, spec in args.arms.items():
     small_layers = params_io.read_model_config(spec.source).num_layers
     order = ORDERS[spec.order](small_layers, spec.times)
-    made = surgery.grow_model_dir(spec.source, os.path.join(stage_dir, arm), order, spec.new_layers, overwrite=True)
+    with common.local_stage_dir(paths.join(stage_dir, arm), replace=True) as out:
+      made = surgery.grow_model_dir(spec.source, out, order, spec.new_layers, overwrite=True)
     summary[arm] = {"order": order, "new_layers": spec.new_layers, "small_layers": small_layers,
                     "layers": made["layers"], "small_stage": spec.small_stage, "d_steps": spec.d_steps}
   return summary
 
 
 def _flops_per_token(run_dir: str) -> float:
-  seq_len = json.load(open(os.path.join(run_dir, "config.json")))["train"]["seq_len"]
+  seq_len = paths.read_json(paths.join(run_dir, "config.json"), "the run config")["train"]["seq_len"]
   return flops.train_flops_per_token(params_io.read_model_config(run_dir), seq_len)
 
 
@@ -62,11 +64,9 @@ def report_stage(args, stage_dir, context) -> dict:
       "formula_d_fraction": args.formula_d_tokens / args.target_tokens,
       "formula_in_range": 4.1e8 <= args.target_params <= 7e9,
   }
-  with open(os.path.join(context.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
   lines = _table(results)
-  with open(os.path.join(context.workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(paths.join(context.workdir, "report.md"), "\n".join(lines) + "\n")
   log.info("\n".join(lines))
   _plot(results, context.workdir)
   return {"best_d_arm": best, "speedups": {a: r["speedup"] for a, r in arms.items()}}
@@ -108,5 +108,4 @@ def _plot(results, workdir) -> None:
   right.axhline(0, color="gray", linewidth=1)
   right.set(xscale="log", xlabel="d / D (%)", ylabel="speedup at L* (%)", title="G_stack (g = 4): growth timing")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "growth.png"), dpi=100)
-  plt.close(fig)
+  plots.save(fig, paths.join(workdir, "growth.png"), dpi=100)

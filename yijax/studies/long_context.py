@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import json
 import os
-import shutil
 
 import numpy as np
 
+from yijax import paths
 from yijax.errors import ConfigError
+from yijax.studies import common
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def passkey_documents(tokenizer, rng: np.random.Generator, lengths, keys=KEYS) -
 
 
 def _tokenizer(stage_dir: str, vocab_size: int, embedded_mb: float, seed: int):
+  """STAGE/tokenizer, trained unless it is there (`stage_dir`: a local directory)."""
   from yijax.data import corpus
   from yijax.data.tokenizer import MODEL_FILE, Tokenizer, train_tokenizer
 
@@ -97,29 +99,32 @@ def _tokenizer(stage_dir: str, vocab_size: int, embedded_mb: float, seed: int):
 def prepare_data(args, stage_dir: str, context) -> dict:
   """args: seed, vocab_size, tokenizer_embedded_mb, embedded_max_docs (0 = all), passkey_documents,
   min_tokens, short_max (the pretraining length), long_max (the target length), long_fraction,
-  haystack_sentences."""
+  haystack_sentences. Built in a local directory and copied up when the stage dir is a gs:// URL."""
   from yijax.data import prepare
+  from yijax.data.tokenizer import MODEL_FILE
 
-  tokenizer = _tokenizer(stage_dir, args.vocab_size, args.tokenizer_embedded_mb, args.seed)
-  out = os.path.join(stage_dir, PREPARED)
-  embedded, fingerprint = prepare.embedded_specs(out, max_docs=args.embedded_max_docs or None)
-  manifest = prepare.prepare(embedded, tokenizer.path, out, num_workers=1, progress=False,
-                             corpus_fingerprint=fingerprint)
-  meta = dict(tokenizer.meta(), path=tokenizer.path)
-  rng = np.random.default_rng(args.seed)
-  lengths = document_lengths(rng, args.passkey_documents, args.min_tokens, args.short_max, args.long_max,
-                             args.long_fraction)
-  docs = passkey_documents(tokenizer, rng, lengths)
-  manifest = prepare.write_token_source(out, "train", "passkey", docs, meta)
-  val_lengths = document_lengths(rng, max(args.passkey_documents // 20, 8), args.min_tokens, args.short_max,
-                                 args.long_max, args.long_fraction)
-  manifest = prepare.write_token_source(out, "validation", "passkey", passkey_documents(tokenizer, rng, val_lengths),
-                                        meta)
-  with open(os.path.join(stage_dir, HAYSTACK), "w", encoding="utf-8") as f:
-    f.write(filler(np.random.default_rng(args.seed + 1000), args.haystack_sentences) + "\n")
+  with common.local_stage_dir(stage_dir) as local:
+    tokenizer = _tokenizer(local, args.vocab_size, args.tokenizer_embedded_mb, args.seed)
+    out = os.path.join(local, PREPARED)
+    embedded, fingerprint = prepare.embedded_specs(out, max_docs=args.embedded_max_docs or None)
+    manifest = prepare.prepare(embedded, tokenizer.path, out, num_workers=1, progress=False,
+                               corpus_fingerprint=fingerprint)
+    meta = dict(tokenizer.meta(), path=tokenizer.path)
+    rng = np.random.default_rng(args.seed)
+    lengths = document_lengths(rng, args.passkey_documents, args.min_tokens, args.short_max, args.long_max,
+                               args.long_fraction)
+    docs = passkey_documents(tokenizer, rng, lengths)
+    manifest = prepare.write_token_source(out, "train", "passkey", docs, meta)
+    val_lengths = document_lengths(rng, max(args.passkey_documents // 20, 8), args.min_tokens, args.short_max,
+                                   args.long_max, args.long_fraction)
+    manifest = prepare.write_token_source(out, "validation", "passkey",
+                                          passkey_documents(tokenizer, rng, val_lengths), meta)
+    with open(os.path.join(local, HAYSTACK), "w", encoding="utf-8") as f:
+      f.write(filler(np.random.default_rng(args.seed + 1000), args.haystack_sentences) + "\n")
   sizes = np.array([len(d) for d in docs])
   long = sizes > args.short_max
-  summary = {"tokenizer": tokenizer.path, "prepared": out, "haystack": os.path.join(stage_dir, HAYSTACK),
+  summary = {"tokenizer": paths.join(stage_dir, "tokenizer", MODEL_FILE), "prepared": paths.join(stage_dir, PREPARED),
+             "haystack": paths.join(stage_dir, HAYSTACK),
              "tokens": {f"{split}/{name}": entry["tokens"] for split, sources in manifest["splits"].items()
                         for name, entry in sources.items()},
              "passkey_documents": len(docs), "passkey_long_documents": int(long.sum()),
@@ -150,7 +155,7 @@ def needle_stage(args, stage_dir: str, context) -> dict:
 
   config, params = params_io.load_model(args.model)
   tokenizer = Tokenizer(args.tokenizer)
-  text = open(args.haystack, encoding="utf-8").read()
+  text = paths.read_text(args.haystack)
   haystack = needle.Haystack(tokenizer, text)
   lengths = needle.context_lengths(args.min_length, args.max_length, args.num_lengths)
   depths = needle.needle_depths(args.num_depths)
@@ -161,19 +166,18 @@ def needle_stage(args, stage_dir: str, context) -> dict:
     per_key[key] = needle.run_needle(
         config, params, tokenizer, lengths, depths, task=task, haystack=haystack,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, add_bos=True,
-        results_path=os.path.join(stage_dir, f"needle_{key}.jsonl"), generator=generator,
-        model_id=os.path.abspath(args.model), log=print)
+        results_path=paths.join(stage_dir, f"needle_{key}.jsonl"), generator=generator,
+        model_id=paths.resolve(args.model, "model"), log=print)
   records = []
   for cell, *rows in zip(*per_key.values()):
     records.append({"length": cell["length"], "depth": cell["depth"],
                     "score": float(np.mean([r["score"] for r in (cell, *rows)])),
                     "by_key": {k: r["score"] for k, r in zip(per_key, (cell, *rows))},
                     "outputs": {k: r["output"] for k, r in zip(per_key, (cell, *rows))}})
-  with open(os.path.join(stage_dir, needle.RESULTS_FILE), "w") as f:
-    f.write("".join(json.dumps(r) + "\n" for r in records))
+  paths.write_text(paths.join(stage_dir, needle.RESULTS_FILE), "".join(json.dumps(r) + "\n" for r in records))
   mean = needle.mean_score(records)
   title = f"{args.title}\nrope_theta {config.rope_theta:g}, trained at {args.train_length}: mean {mean:.3f}"
-  needle.plot_heatmap(records, os.path.join(stage_dir, needle.HEATMAP_FILE), train_length=args.train_length,
+  needle.plot_heatmap(records, paths.join(stage_dir, needle.HEATMAP_FILE), train_length=args.train_length,
                       title=title)
   summary = {"mean_score": mean, "cells": len(records), "lengths": lengths, "depths": depths,
              "keys": list(tasks), "rope_theta": config.rope_theta, "max_seq_len": config.max_seq_len,
@@ -191,14 +195,14 @@ def prepare_paths(args, stage_dir: str, context) -> dict:
   if not sources or not args.tokenizer:
     raise ConfigError("stages.data.args needs tokenizer and sources; set --config.paths.tokenizer=PATH and "
                      "--config.paths.sources.<name>=GLOB")
-  out = os.path.join(stage_dir, PREPARED)
-  manifest = prepare.prepare([prepare.parse_source(f"{name}={path}") for name, path in sources.items()],
-                             args.tokenizer, out, progress=False)
-  return {"prepared": out, "tokens": {f"{s}/{n}": e["tokens"] for s, src in manifest["splits"].items()
+  with common.local_stage_dir(stage_dir) as local:
+    manifest = prepare.prepare([prepare.parse_source(f"{name}={path}") for name, path in sources.items()],
+                               args.tokenizer, os.path.join(local, PREPARED), progress=False)
+  return {"prepared": paths.join(stage_dir, PREPARED), "tokens": {f"{s}/{n}": e["tokens"] for s, src in manifest["splits"].items()
                                       for n, e in src.items()}}
 
 def _train_summary(run_dir: str, run) -> dict:
-  records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+  records = [json.loads(line) for line in paths.read_text(paths.join(run_dir, "metrics.jsonl")).splitlines()]
   tail = records[-max(1, len(records) // 10):]
   return {"steps": records[-1]["step"], "tokens": records[-1]["tokens_seen"],
           "loss_last": float(np.mean([r["loss"] for r in tail])), "rope_theta": float(run.model.rope_theta),
@@ -215,7 +219,7 @@ def report_stage(args, stage_dir, context) -> dict:
   for name in args.needles:
     summary = context.summaries[name]
     results["needle"][name] = {k: summary[k] for k in ("mean_score", "by_length", "rope_theta", "cells", "keys")}
-    shutil.copyfile(os.path.join(context.stage_dir(name), "needle.png"), os.path.join(context.workdir, f"{name}.png"))
+    paths.copy_file(paths.join(context.stage_dir(name), "needle.png"), paths.join(context.workdir, f"{name}.png"))
   buckets = list(results["needle"][args.needles[0]]["by_length"])
   header = "| model | rope_theta | trained at | " + " | ".join(f"length {b}" for b in buckets) + " | all |"
   lines = [f"Mean pass-key score (fraction of cells x keys answered) by context length, {args.short} -> "
@@ -234,9 +238,7 @@ def report_stage(args, stage_dir, context) -> dict:
     upsampling = "none" if up["mode"] == "none" else f"{up['mode']} (> {up['threshold']} kept, short p={up['keep_short_prob']})"
     lines.append(f"| {name} | {t['steps']} | {t['tokens']:,} | {t['seq_len']} | {t['lr']:g} ({t['schedule']}) | "
                  f"{t['rope_theta']:g} | {upsampling} | {t['loss_last']:.3f} |")
-  with open(os.path.join(context.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  with open(os.path.join(context.workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
+  paths.write_text(paths.join(context.workdir, "report.md"), "\n".join(lines) + "\n")
   log.info("\n".join(lines))
   return {"needle": {k: v["mean_score"] for k, v in results["needle"].items()}}

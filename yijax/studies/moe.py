@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import json
-import os
 
 import ml_collections
 import numpy as np
 
+from yijax import paths
 from yijax.analysis import plots, stats
 from yijax.studies import common
 
@@ -54,7 +54,7 @@ def arm_run(arm: str, config: ml_collections.ConfigDict) -> ml_collections.Confi
 def arm_metrics(run_dir: str, tail: int) -> dict:
   """One seed of one arm: train loss over the last `tail` steps, held-out loss and bits per byte, and the
   max/mean expert load of each MoE layer (averaged over the last `tail` steps)."""
-  records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+  records = [json.loads(line) for line in paths.read_text(paths.join(run_dir, "metrics.jsonl")).splitlines()]
   last = records[-tail:]
   out = {"train_loss": float(np.mean([r["loss"] for r in last])), "tokens": float(records[-1]["tokens_seen"])}
   loads = sorted((k for k in last[-1] if k.startswith("moe/load_max_over_mean/")), key=lambda k: int(k.split("/")[-1]))
@@ -62,7 +62,7 @@ def arm_metrics(run_dir: str, tail: int) -> dict:
     out[f"load_max_over_mean_layer{i}"] = float(np.mean([r[key] for r in last]))
   if loads:
     out["load_max_over_mean"] = float(np.mean([out[f"load_max_over_mean_layer{i}"] for i in range(len(loads))]))
-  evals = [json.loads(line) for line in open(os.path.join(run_dir, "eval.jsonl"))]
+  evals = [json.loads(line) for line in paths.read_text(paths.join(run_dir, "eval.jsonl")).splitlines()]
   out["eval_loss"] = float(evals[-1]["loss"])
   out["eval_bits_per_byte"] = float(evals[-1]["bits_per_byte"])
   return out
@@ -103,12 +103,10 @@ def report(args, stage_dir, context) -> dict:
   results = {"study": "moe", "seeds": len(context.seeds), "tail": args.tail,
              "arms": {arm: stats.summarize(values) for arm, values in per_seed.items()},
              "claims": claims(per_seed)}
-  with open(os.path.join(context.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
   markdown = render(results)
-  with open(os.path.join(context.workdir, "report.md"), "w") as f:
-    f.write(markdown)
-  plots.per_seed_points(os.path.join(context.workdir, "eval_loss_by_seed.png"),
+  paths.write_text(paths.join(context.workdir, "report.md"), markdown)
+  plots.per_seed_points(paths.join(context.workdir, "eval_loss_by_seed.png"),
                         {arm: v["eval_loss"] for arm, v in per_seed.items()}, "held-out loss (nats/token)")
   log.info(markdown)
   return {"arms": list(per_seed), "verdicts": {c["id"]: c["verdict"] for c in results["claims"]}}

@@ -24,6 +24,14 @@ hash of its config. A rerun skips finished stages (refusing if their config
 changed), resumes a partial one (train stages resume from their checkpoints)
 and runs the rest. A failing stage stops the study, naming the stage and its
 log (DIR/<stage>/log.txt); nothing finished is redone or lost.
+
+DIR may be a gs://BUCKET/PATH URL. The runner's files go through
+yijax/paths.py, train stages write gs:// run dirs as `yijax train` does, and
+python stages read and write through paths too (what a tool can only write
+into a local directory is staged there and copied up: paths.local_dir). GCS
+has no append, so a stage's log is kept in a local file while the stage runs
+and uploaded whole when it ends or fails; a resumed stage's log continues the
+uploaded one.
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
 
 import ml_collections
 
+from yijax import paths
 from yijax.models.config import ConfigError
 from yijax.errors import YijaxError
 
@@ -71,20 +82,23 @@ class Context:
     """The directory of stage `name` (a seeded stage from inside a seeded one: the same seed's)."""
     if self.seed is not None and _is_seeded(self.study, name):
       name = instance_name(name, self.seed)
-    return os.path.join(self.workdir, name)
+    return paths.join(self.workdir, name)
 
   @property
   def seeds(self) -> list[int]:
     return list(range(num_seeds(self.study)))
 
+  def _instances(self, name: str) -> list[str]:
+    if not _is_seeded(self.study, name):
+      return [name]
+    return [instance_name(name, seed) for seed in self.seeds]
+
   def stage_dirs(self, name: str) -> list[str]:
     """Every seed's directory of a seeded stage, in seed order ([its one directory] if not seeded)."""
-    if not _is_seeded(self.study, name):
-      return [os.path.join(self.workdir, name)]
-    return [os.path.join(self.workdir, instance_name(name, seed)) for seed in self.seeds]
+    return [paths.join(self.workdir, instance) for instance in self._instances(name)]
 
   def seed_summaries(self, name: str) -> list[dict]:
-    return [self.summaries[os.path.relpath(d, self.workdir)] for d in self.stage_dirs(name)]
+    return [self.summaries[instance] for instance in self._instances(name)]
 
 
 @dataclasses.dataclass
@@ -144,7 +158,7 @@ def substitute(value: Any, workdir: str, seed: int | None = None, seeded: frozen
           raise ConfigError(f"{value!r} names the seeded stage {name!r} from a stage that is not seeded; mark it "
                             f"seeded=True or read every seed with context.stage_dirs({name!r})")
         name = instance_name(name, seed)
-      out = out[:start] + os.path.join(workdir, name) + out[end + 1:]
+      out = out[:start] + paths.join(workdir, name) + out[end + 1:]
     return out
   if isinstance(value, ml_collections.ConfigDict):
     for key in list(value.keys()):
@@ -218,12 +232,18 @@ def resolve_instance(study: ml_collections.ConfigDict, instance: Instance, workd
 
 
 @contextlib.contextmanager
-def _logged(path: str):
+def _logged(location: str):
   """Appends what yijax logs during a stage (its `logging.getLogger("yijax...")` messages, the loop's
-  included) to the stage's log file, through a handler on the yijax logger: nothing process-wide swapped."""
-  handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+  included) to the stage's log file, through a handler on the yijax logger: nothing process-wide swapped.
+  A gs:// log is written to a local copy of the uploaded one and uploaded whole when the stage ends."""
+  remote = paths.is_url(location)
+  staging = tempfile.mkdtemp(prefix="yijax-stage-log-") if remote else None
+  local = os.path.join(staging, LOG) if remote else location
+  if remote and paths.exists(location):
+    paths.copy_file(location, local)
+  handler = logging.FileHandler(local, mode="a", encoding="utf-8")
   handler.setFormatter(logging.Formatter("%(message)s"))
-  with open(path, "a") as f:
+  with open(local, "a") as f:
     f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
   library = logging.getLogger("yijax")
   library.addHandler(handler)
@@ -232,13 +252,24 @@ def _logged(path: str):
   finally:
     library.removeHandler(handler)
     handler.close()
+    if remote:
+      _upload_log(local, location, staging)
 
 
-def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+def _upload_log(local: str, location: str, staging: str) -> None:
+  """The staged log to its gs:// location; if that fails, the local copy is kept and named (a failed
+  upload must not hide the stage's own result or error)."""
+  try:
+    paths.copy_file(local, location)
+  except Exception as e:  # noqa: BLE001 - reported, the stage's outcome stands
+    log.warning(f"[study] could not upload the stage log to {location} ({type(e).__name__}: {e}); "
+                f"it is kept at {local}")
+    return
+  shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_json(location: str, value: Any) -> None:
+  paths.write_text(location, json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
@@ -247,15 +278,15 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
 
   names = check_graph(study)
   instances = expand(study)
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   if dry_run:
     plan = []
     for name in names:
       line = stage_kinds.describe(name, resolve_instance(study, instances[name], workdir), workdir)
       plan.append({**line, "depends_on": instances[name].depends_on})
     return {"plan": plan}
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "study_config.json"), _plain(study))
+  paths.makedirs(workdir)
+  _write_json(paths.join(workdir, "study_config.json"), _plain(study))
   summaries: dict[str, dict] = {}
   ran, skipped = [], []
   code = code_version()
@@ -263,12 +294,12 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
     instance = instances[name]
     stage = resolve_instance(study, instance, workdir)
     context = Context(workdir, study, summaries, instance.seed)
-    stage_dir = os.path.join(workdir, name)
-    done_path = os.path.join(stage_dir, DONE)
+    stage_dir = paths.join(workdir, name)
+    done_path = paths.join(stage_dir, DONE)
     raw = study.stages[instance.base]
     digest = stage_hash(raw if instance.seed is None else {"stage": _plain(raw), "seed": instance.seed})
-    if os.path.exists(done_path):
-      done = json.load(open(done_path))
+    if paths.exists(done_path):
+      done = paths.read_json(done_path, f"stage {name!r}'s")
       if done.get("hash") != digest:
         raise ConfigError(
             f"stage {name!r} finished earlier with another config (hash {done.get('hash')} != {digest}); "
@@ -279,9 +310,9 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
         log.info(f"[study] {name}: done earlier, skipped")
         continue
       log.info(f"[study] {name}: its inputs changed ({done.get('inputs')} -> {instance.depends_on}), rerun")
-    os.makedirs(stage_dir, exist_ok=True)
+    paths.makedirs(stage_dir)
     started = time.time()
-    log_path = os.path.join(stage_dir, LOG)
+    log_path = paths.join(stage_dir, LOG)
     log.info(f"[study] {name} ({stage.kind}) -> {stage_dir}")
     with _logged(log_path):
       try:
@@ -296,7 +327,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, dry_run: bool = Fa
     summaries[name] = summary
     ran.append(name)
   log.info(f"[study] ran {ran or 'nothing'}; skipped (done earlier) {skipped or 'nothing'}")
-  _write_json(os.path.join(workdir, RUN), run_record(workdir, names))
+  _write_json(paths.join(workdir, RUN), run_record(workdir, names))
   return {"ran": ran, "skipped": skipped, "summaries": summaries}
 
 
@@ -325,7 +356,7 @@ def run_record(workdir: str, names: list[str]) -> dict:
 
   seconds, commits, dirty = {}, set(), False
   for name in names:
-    done = json.load(open(os.path.join(workdir, name, DONE)))
+    done = paths.read_json(paths.join(workdir, name, DONE), f"stage {name!r}'s")
     seconds[name] = round(float(done.get("seconds", 0.0)), 1)
     commits.add(done.get("commit", "unknown"))
     dirty = dirty or bool(done.get("code_modified_since_commit", True))
@@ -342,17 +373,18 @@ def run_record(workdir: str, names: list[str]) -> dict:
 
 def publish(workdir: str, results_dir: str) -> list[str]:
   """Copies a finished study's results.json, report.md, run.json and PNGs into results_dir (for example
-  experiments/<study>/results/<scale>/, which is committed). Returns the files copied."""
-  import glob
-  import shutil
-
-  missing = [f for f in PUBLISHED if not os.path.exists(os.path.join(workdir, f))]
+  experiments/<study>/results/<scale>/, which is committed). Either may be a gs:// URL. Returns the files
+  copied."""
+  workdir, results_dir = paths.resolve(workdir), paths.resolve(results_dir, "--results_dir")
+  missing = [f for f in PUBLISHED if not paths.exists(paths.join(workdir, f))]
   if missing:
     raise ConfigError(f"{workdir} has no {missing}: only a finished study (its report stage done) can be published")
-  os.makedirs(results_dir, exist_ok=True)
-  for old in glob.glob(os.path.join(results_dir, "*.png")):
-    os.remove(old)
-  files = [os.path.join(workdir, f) for f in PUBLISHED] + sorted(glob.glob(os.path.join(workdir, "*.png")))
-  for path in files:
-    shutil.copy2(path, os.path.join(results_dir, os.path.basename(path)))
-  return [os.path.basename(p) for p in files]
+  paths.check_output_dir(results_dir, "--results_dir")
+  paths.makedirs(results_dir)
+  for old in paths.listdir(results_dir):
+    if old.endswith(".png"):
+      paths.remove(paths.join(results_dir, old))
+  names = list(PUBLISHED) + [n for n in paths.listdir(workdir) if n.endswith(".png")]
+  for name in names:
+    paths.copy_file(paths.join(workdir, name), paths.join(results_dir, name))
+  return names

@@ -3,6 +3,10 @@
   train   stage.run: a full run config; trains (or resumes) in the stage dir
   python  stage.fn: "package.module:function" or "path/to/file.py:function",
           called as fn(stage.args, stage_dir, context) -> summary dict
+
+stage_dir (and context.workdir) may be a gs:// URL: a python stage reads and writes
+through yijax.paths, and builds what only local tools can write in
+yijax.studies.common.local_stage_dir(stage_dir).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 from typing import Any, Callable
 
 from yijax.models.config import ConfigError
+from yijax.errors import YijaxError
 
 
 def resolve_function(ref: str) -> Callable:
@@ -39,11 +44,18 @@ def resolve_function(ref: str) -> Callable:
   return getattr(module, fn_name)
 
 
+class StagePreempted(YijaxError, RuntimeError):
+  """A train stage stopped on SIGTERM after saving: not finished, so never marked done."""
+
+
 def train_stage(name, stage, stage_dir, context) -> dict:
   from yijax.eval import dense
   from yijax.train import loop
 
   result = loop.train(stage.run, stage_dir, evaluators=dense.evaluators_from_config(stage.run))
+  if result.get("preempted"):  # SIGTERM: saved, not finished; the study stops and a rerun resumes the stage
+    raise StagePreempted(f"stage {name!r} was preempted (SIGTERM) at step {result.get('step')} and saved; rerun "
+                         "the same command to resume it")
   keep = ("step", "loss", "tokens_seen", "preempted")
   summary = {k: result[k] for k in keep if k in result}
   summary.update({k: v for k, v in result.items() if k.startswith("eval/")})

@@ -92,6 +92,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 0           # periodic held-out perplexity (0 = only at the end if batches > 0)
+  c.eval.steps = []                # also evaluate after exactly these steps (e.g. dense early)
   c.eval.batches = 4               # held-out batches per evaluation (0 = no eval)
   c.eval.batch_size = 8
   c.eval.multiple_choice = []      # JSONL files scored at each evaluation (context/choices/answer)

@@ -224,7 +224,7 @@ class _Run:
       self.evaluate = _with_relative_update(self.evaluate, self.model_config, initial,
                                             config.eval.relative_update_k)
     self.evaluators = [e for e in (build(self.eval_context) for build in self.builders) if e is not None]
-    self.eval_every = config.eval.every_steps if self.evaluate else 0
+    self.eval_due = _eval_schedule(config) if self.evaluate else (lambda step: False)
 
   # ---------------------------------------------------------------- the loop
 
@@ -232,9 +232,9 @@ class _Run:
     step = self.start
     with _Preemption() as preemption:
       while step < self.end:
-        k = _call_length(step, self.end, self.steps_per_call, self.eval_every, self.checkpointer)
+        k = _call_length(step, self.end, self.steps_per_call, self.eval_due, self.checkpointer)
         step = self._run_call(step, k)
-        if self.eval_every and step % self.eval_every == 0 and step != self.end:
+        if self.eval_due(step) and step != self.end:
           results = _run_evals(self.evaluate, self.evaluators, self.state.params, step)
           self.growth.observe(results.get("loss"))
           self.writer.write(step, results, metrics_lib.EVAL_FILE)
@@ -371,13 +371,19 @@ class BatchGrowth:
       log.info(f"held-out loss flat for {self.cfg.patience} evaluations: batch -> {grown * self.base}")
 
 
-def _call_length(step: int, end: int, steps_per_call: int, eval_every: int, checkpointer) -> int:
+def _eval_schedule(config):
+  """step -> whether the loop evaluates after it: every eval.every_steps, and at each of eval.steps."""
+  every, extra = config.eval.every_steps, frozenset(int(s) for s in config.eval.get("steps", ()))
+  return lambda step: bool(every and step % every == 0) or step in extra
+
+
+def _call_length(step: int, end: int, steps_per_call: int, eval_due, checkpointer) -> int:
   """Steps in the next compiled call after `step`: up to steps_per_call, ending at the next evaluation,
   checkpoint or the end, so those happen between calls exactly where they would step by step."""
   k = 1
   while k < steps_per_call and step + k < end:
     s = step + k
-    if (eval_every and s % eval_every == 0) or checkpointer.due(s, end):
+    if eval_due(s) or checkpointer.due(s, end):
       break
     k += 1
   return k

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from yijax import configlib, sharding
+from yijax import configlib, paths, sharding
 from yijax.errors import DataError
 from yijax.models.config import ConfigError, ModelConfig
 
@@ -58,6 +58,10 @@ def check_run_config(config) -> RunPlan:
   if config.train.get("steps_per_call") is not None:
     _positive(config, "train.steps_per_call")
   train = config.train
+  eval_steps = list(config.eval.get("steps", ()))
+  bad = [s for s in eval_steps if isinstance(s, bool) or not isinstance(s, int) or not 0 < s <= train.steps]
+  if bad:
+    raise ConfigError(f"eval.steps={eval_steps} has {bad}: each must be a step in 1..train.steps={train.steps}")
   if train.seq_len > model_config.max_seq_len:
     raise ConfigError(
         f"train.seq_len={train.seq_len} exceeds model.max_seq_len={model_config.max_seq_len}; "
@@ -133,8 +137,8 @@ def resolve_data(config, plan: RunPlan) -> RunPlan:
   if not data.prepared_dir:
     data.prepared_dir = default_prepared_dir(plan.model_config.vocab_size)
   manifest = _check_data(data, plan.model_config)
-  path = manifest["tokenizer"]["path"]
-  if not os.path.exists(path):
+  path = manifest["tokenizer"]["path"]  # local, or gs:// (data prepared by a study on GCS)
+  if not paths.exists(path):
     return dataclasses.replace(plan, data=data)
   return dataclasses.replace(plan, data=data, tokenizer_path=path, token_bytes=Tokenizer(path).byte_lengths())
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import json
 import math
-import os
 
+from yijax import paths
 from yijax.unlearning import methods
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ MODELS = "models"  # the evaluate stage writes one <model>.json per model here
 
 def read_results(stage_dir: str, names) -> dict[str, dict]:
   """The per-model results an evaluate stage wrote."""
-  return {name: json.load(open(os.path.join(stage_dir, MODELS, f"{name}.json"))) for name in names}
+  return {name: paths.read_json(paths.join(stage_dir, MODELS, f"{name}.json"), f"the results of {name!r}")
+          for name in names}
 
 
 def _metrics(result: dict, sets, k: str) -> dict:
@@ -138,6 +139,7 @@ def _yes(flag: bool) -> str:
 
 def plot(results: dict, path: str, general: str) -> None:
   """Forget vs general perplexity across learning rates, one line per method, one panel per epoch count."""
+  from yijax.analysis import plots
   from yijax.analysis.plots import figures as plt
 
   arms = list(results["arms"].values())
@@ -161,18 +163,15 @@ def plot(results: dict, path: str, general: str) -> None:
     ax.set_title(f"{epoch} epoch(s); points: learning rates (low to high)")
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path, dpi=120)
 
 
 def write_report(args, stage_dir: str, context) -> dict:
   """results.json, report.md and forget_vs_general.png in the study dir."""
   results = build_results(args, context)
-  with open(os.path.join(context.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
   text = markdown(results)
-  with open(os.path.join(context.workdir, "report.md"), "w") as f:
-    f.write(text)
-  plot(results, os.path.join(context.workdir, "forget_vs_general.png"), args.general_set)
+  paths.write_text(paths.join(context.workdir, "report.md"), text)
+  plot(results, paths.join(context.workdir, "forget_vs_general.png"), args.general_set)
   log.info(text)
   return {"arms": len(results["arms"]), "most_robust": results["most_robust"]}

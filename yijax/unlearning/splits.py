@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Mapping
 
+from yijax import paths
 from yijax.data import corpus
 from yijax.errors import DataError
 
@@ -76,14 +76,12 @@ def embedded_sets(budgets: Mapping[str, int], code_doc_bytes=(1000, 20000),
 
 
 def write_jsonl(sets: Mapping[str, list[tuple[str, str]]], out_dir: str) -> dict[str, str]:
-  """OUT/<set>.jsonl ({"id", "text"} per line) for every set; returns {set: path}."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {}
+  """OUT/<set>.jsonl ({"id", "text"} per line) for every set (OUT local or gs://); returns {set: path}."""
+  paths.makedirs(out_dir)
+  written = {}
   for name, docs in sets.items():
-    path = os.path.join(out_dir, f"{name}.jsonl")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      for doc_id, text in docs:
-        f.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
-    paths[name] = path
-  return paths
+    path = paths.join(out_dir, f"{name}.jsonl")
+    paths.write_text(path, "".join(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n"
+                                   for doc_id, text in docs))
+    written[name] = path
+  return written

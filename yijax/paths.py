@@ -153,17 +153,6 @@ def write_bytes(location, data: bytes) -> None:
   os.replace(tmp, location)
 
 
-def append_text(location, text: str) -> None:
-  """Adds text at the end of a file (made if missing). GCS has no append: there the whole (small) file is
-  read and written again as one object."""
-  if is_url(location):
-    before = read_text(location) if exists(location) else ""
-    epath.Path(location).write_text(before + text, encoding="utf-8")
-    return
-  with open(location, "a", encoding="utf-8") as f:
-    f.write(text)
-
-
 def listdir(location) -> list[str]:
   """The names in a directory, sorted."""
   return sorted(item.name for item in epath.Path(location).iterdir())

@@ -67,6 +67,35 @@ def test_score_counts_answer_words_case_and_punctuation_free():
   assert needle.score_output(" 71432.\n", "71432") == 1.0 and needle.score_output(" 714320", "71432") == 0.0
 
 
+def test_fu_et_al_scoring_as_their_scripts_compute_it():
+  """visualize.py: set overlap of whitespace words (punctuation kept) with their 12-word answer, so at most 11/12;
+  their records' score: ROUGE-1 F x 10 against the needle, stemmed."""
+  task = needle.NeedleTask()
+  expected = needle.fu_expected_answer(task)
+  assert expected == "eat a sandwich and sit in Dolores Park on a sunny day." and len(expected.split()) == 12
+  perfect = "Eat a sandwich and sit in Dolores Park on a sunny day."
+  assert needle.fu_score(perfect, expected) == pytest.approx(11 / 12)  # "a" twice in 12 words, once in a set
+  assert needle.fu_score("eat a sandwich and sit in Dolores Park on a sunny day", expected) == pytest.approx(10 / 12)
+  assert needle.fu_score("sandwich, day", expected) == 0.0  # "sandwich," is not "sandwich", "day" not "day."
+  assert needle.score_output(perfect, needle.DEFAULT_ANSWER) == 1.0  # the default score's maximum is 1
+  assert needle.fu_expected_answer(passkey_task("71432")) == "71432"  # the needle does not end with it
+  pytest.importorskip("rouge_score")
+  assert needle.rouge1(task.needle, task.needle) == pytest.approx(10.0)
+  # the needle is 21 tokens ("dolores" -> "dolor", "sunny" -> "sunni"); a 4-token output of them: P = 1, R = 4/21
+  assert needle.rouge1("the best thing to", task.needle) == pytest.approx(10 * 2 * (4 / 21) / (1 + 4 / 21))
+  assert needle.rouge1("Dolores sunny", task.needle) == pytest.approx(10 * 2 * (2 / 21) / (1 + 2 / 21))  # stemmed
+  record = {"output": perfect, "score": 1.0}  # an older record without the fields is scored from its output
+  assert needle.record_score(record, "fu2024", task) == pytest.approx(11 / 12)
+  assert needle.record_score(record, "rouge1", task) == pytest.approx(needle.rouge1(perfect, task.needle))
+
+
+def test_fu_layout_trims_the_haystack_to_the_length_less_the_buffer_and_the_needle(tokenizer):
+  task = needle.NeedleTask()
+  builder = needle.PromptBuilder(tokenizer, task)
+  assert needle.haystack_count(4096, builder, 50, "fu2024") == 4096 - 200 - len(builder.needle)
+  assert needle.haystack_count(4096, builder, 50, "yijax") + builder.fixed_tokens == 4096 - 50
+
+
 def test_lengths_and_depths_follow_the_protocol():
   assert needle.context_lengths(1000, 4096, 40)[:3] == [1000, 1079, 1159] and len(needle.context_lengths(
       1000, 4096, 40)) == 40
@@ -133,6 +162,15 @@ def test_grid_batches_by_bucket_resumes_and_plots(tmp_path, tokenizer, haystack_
 
   needle.plot_heatmap(records, str(tmp_path / "needle.png"), train_length=200)
   assert (tmp_path / "needle.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert all(r["fu_score"] == needle.fu_score(r["output"], "71432") for r in records)
+  fu = needle.run_needle(config, params, tokenizer, [240, 300], [0.0], task=passkey_task("71432"), haystack=text,
+                         max_new_tokens=NEW_TOKENS, batch_size=2, generator=generator, layout="fu2024",
+                         results_path=str(tmp_path / "fu.jsonl"))
+  builder = needle.PromptBuilder(tokenizer, passkey_task("71432"))
+  assert [r["haystack_tokens"] for r in fu] == [n - 200 - len(builder.needle) for n in (240, 300)]
+  with pytest.raises(ValueError, match="other settings"):  # a layout's results never mix with another's
+    needle.run_needle(config, params, tokenizer, [240], [0.0], task=passkey_task("71432"), haystack=text,
+                      max_new_tokens=NEW_TOKENS, results_path=str(tmp_path / "fu.jsonl"))
   with pytest.raises(ValueError, match="other settings.*new --out"):
     needle.run_needle(config, params, tokenizer, lengths, depths, task=passkey_task("28195"), haystack=text,
                       max_new_tokens=NEW_TOKENS, results_path=results)
@@ -206,4 +244,9 @@ def test_cli_needle_on_the_trained_run(tmp_path, trained_run, tokenizer, haystac
   assert f"mean score {summary['mean_score']:.3f}" in printed
   assert cli.main(argv) == 0  # rerun: every cell is already there
   assert len(open(out / "needle.jsonl").read().splitlines()) == 9
+  capsys.readouterr()
+  assert cli.main(argv + ["--scoring=fu2024"]) == 0  # the same cells, Fu et al.'s score on the heatmap and mean
+  printed = capsys.readouterr().out
+  fu = json.loads(printed[printed.index("{"):])["needle"]
+  assert fu["scoring"] == "fu2024" and fu["mean_score"] == pytest.approx(np.mean([r["fu_score"] for r in records]))
   assert cli.main(["yijax", "eval", "needle", f"--ckpt={run_dir}", f"--out={out}", "--min_length=9000"]) == 1

@@ -123,6 +123,13 @@ def _define_needle_flags(fv):
   flags.DEFINE_string("template", needle.DEFAULT_TEMPLATE, "needle: prompt with {context} and {question} "
                       "(\\n = newline)", flag_values=fv)
   flags.DEFINE_integer("max_new_tokens", 50, "needle: greedy tokens decoded per cell", flag_values=fv)
+  flags.DEFINE_enum("scoring", "words", list(needle.SCORINGS), "needle: the score the mean and the heatmap use: "
+                    "words (the fraction of the answer's words in the output, max 1), fu2024 (Fu et al.'s "
+                    "visualize.py: set overlap with their 12-word answer, max 11/12) or rouge1 (their records' "
+                    "ROUGE-1 F x 10; needs rouge_score); every record keeps all of them", flag_values=fv)
+  flags.DEFINE_enum("layout", "yijax", list(needle.LAYOUTS), "needle: yijax (the prompt fills the context length "
+                    "less --max_new_tokens) or fu2024 (the haystack is the length less a 200-token buffer and the "
+                    "needle, as in Fu et al.)", flag_values=fv)
 
 
 def _define_mia_flags(fv):
@@ -254,8 +261,8 @@ def _run_needle(fv):
       config.replace(remat_policy="none"), params, Tokenizer(tokenizer_path), fv.out, min_length=fv.min_length,
       max_length=fv.max_length, num_lengths=fv.num_lengths, num_depths=fv.num_depths, haystack_path=fv.haystack,
       task=task, max_new_tokens=fv.max_new_tokens, batch_size=fv.batch_size, add_bos=fv.add_bos,
-      model_id=location.params_dir)
-  print(f"needle: mean score {summary['mean_score']:.3f} over {summary['cells']} cells")
+      model_id=location.params_dir, layout=fv.layout, scoring=fv.scoring)
+  print(f"needle: mean score {summary['mean_score']:.3f} ({fv.scoring}) over {summary['cells']} cells")
   text = json.dumps({"ckpt": paths.resolve(fv.ckpt, "--ckpt"), "needle": summary}, indent=2)
   print(text)
   if fv.output:

@@ -12,6 +12,20 @@ as in Fu et al.'s `visualize.py` (theirs divides a set intersection by the
 word count, so a repeated answer word could never score 1; here every answer
 word counts once per occurrence and the maximum is 1).
 
+Fu et al.'s own numbers (88.0 for LLaMA-2 7B at 80K) come from their scripts, which `--scoring=fu2024` and
+`--layout=fu2024` follow:
+  fu_score   `visualize.py`: the set of the output's lower-cased whitespace-separated words intersected
+             with the expected answer's ("eat a sandwich and sit in dolores park on a sunny day.": 12
+             words, punctuation kept, "a" twice), divided by 12, so the maximum is 11/12
+  rouge1     the `score` field of their per-cell records: the ROUGE-1 F-measure of the output against
+             the needle, with stemming, times 10 (needs the `rouge_score` package)
+  layout     `needle_in_haystack.py` trims the haystack to the context length minus a 200-token buffer
+             and the needle, and the template and question come on top of it; the default layout fills
+             the context length with the whole prompt and leaves room for the answer
+Every record carries score and fu_score (and rouge1 with rouge_score installed); --scoring picks the one
+the mean and the heatmap use (a record without the field, e.g. from an older run, is scored from its
+output).
+
 A cell of length L is a prompt of L - max_new_tokens tokens (template,
 haystack, needle, question), so prompt plus answer fit in L positions: the
 original keeps the same room free (`final_context_length_buffer`), and a
@@ -50,6 +64,9 @@ DEFAULT_TEMPLATE = ("This is a very long story book: <book> {context} </book>.\n
 # red -> yellow -> green, the colors of Fu et al.'s heatmaps
 HEATMAP_COLORS = ("#F0496E", "#EBB839", "#0CD79F")
 _SENTENCE_END = (".", "!", "?")
+SCORINGS = {"words": "score", "fu2024": "fu_score", "rouge1": "rouge1"}  # --scoring -> the record's field
+LAYOUTS = ("yijax", "fu2024")
+FU_BUFFER = 200  # Fu et al.'s final_context_length_buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +112,51 @@ def score_output(output: str, answer: str) -> float:
   """Fraction of the answer's words present in the output, in [0, 1]."""
   wanted, found = answer_words(answer), set(answer_words(output))
   return sum(word in found for word in wanted) / len(wanted)
+
+
+def fu_expected_answer(task: "NeedleTask") -> str:
+  """The answer as Fu et al.'s visualize.py spells it: with the needle's closing period when the needle ends
+  with the answer (so the default needle's answer is their 12 words)."""
+  needle = task.needle.strip()
+  return task.answer + "." if needle.endswith(task.answer + ".") else task.answer
+
+
+def fu_score(output: str, expected: str) -> float:
+  """Fu et al.'s score: |set(output words) & set(expected words)| / len(expected words), words split on
+  whitespace after lower-casing, punctuation kept."""
+  wanted = expected.lower().split()
+  return len(set(output.lower().split()) & set(wanted)) / len(wanted)
+
+
+def rouge1(output: str, needle: str) -> float | None:
+  """ROUGE-1 F-measure x 10 of the output against the needle, with stemming (rouge_score, as in Fu et al.'s
+  records); None when rouge_score is not installed."""
+  try:
+    from rouge_score import rouge_scorer
+  except ImportError:
+    return None
+  return float(rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True).score(needle, output)["rouge1"].fmeasure * 10)
+
+
+def record_score(record: dict, scoring: str, task: "NeedleTask | None" = None) -> float:
+  """The record's score under --scoring (computed from its output when the record lacks the field)."""
+  key = SCORINGS[scoring]
+  if key in record or task is None:
+    return float(record[key])
+  if scoring == "fu2024":
+    return fu_score(record["output"], fu_expected_answer(task))
+  value = rouge1(record["output"], task.needle)
+  if value is None:
+    raise ConfigError("--scoring=rouge1 needs the rouge_score package: pip install rouge_score")
+  return value
+
+
+def haystack_count(length: int, builder: "PromptBuilder", max_new_tokens: int, layout: str) -> int:
+  """Haystack tokens of a cell of `length`: yijax: what the prompt leaves of length - max_new_tokens;
+  fu2024: length - 200 - the needle (the template and question on top)."""
+  if layout == "fu2024":
+    return length - FU_BUFFER - len(builder.needle)
+  return length - max_new_tokens - builder.fixed_tokens
 
 
 DEFAULT_MIN_LENGTH = 1000
@@ -205,7 +267,11 @@ class PromptBuilder:
     self.fixed_tokens = len(self.prefix) + len(self.needle) + len(self.suffix)
 
   def build(self, haystack: Haystack, prompt_tokens: int, depth: float) -> Prompt:
-    count = prompt_tokens - self.fixed_tokens
+    return self.build_with_haystack(haystack, prompt_tokens - self.fixed_tokens, depth, prompt_tokens)
+
+  def build_with_haystack(self, haystack: Haystack, count: int, depth: float, prompt_tokens: int | None = None):
+    """The prompt around `count` haystack tokens with the needle at `depth`."""
+    prompt_tokens = count + self.fixed_tokens if prompt_tokens is None else prompt_tokens
     if count < 1:
       raise ConfigError(f"a prompt of {prompt_tokens} tokens leaves no room for the haystack: the template, "
                        f"needle and question take {self.fixed_tokens}; raise --min_length (or shorten "
@@ -217,10 +283,12 @@ class PromptBuilder:
 
 
 def settings_fingerprint(task: NeedleTask, haystack: Haystack, tokenizer, max_new_tokens: int, add_bos: bool,
-                         model_id: str = "") -> str:
+                         model_id: str = "", layout: str = "yijax") -> str:
   """What a result depends on (the model as far as `model_id` names it); other settings' results never mix."""
   values = dict(dataclasses.asdict(task), haystack=haystack.sha256, tokenizer=getattr(tokenizer, "checksum", ""),
                 max_new_tokens=max_new_tokens, add_bos=add_bos, model=model_id)
+  if layout != "yijax":  # the default layout's fingerprint is what earlier runs recorded
+    values["layout"] = layout
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -242,12 +310,13 @@ def read_results(path: str, settings: str | None = None) -> dict[tuple[int, floa
   return found
 
 
-def _batches(pending: list[tuple[int, float]], grid: list[tuple[int, float]], max_new_tokens: int, batch_size: int):
+def _batches(pending: list[tuple[int, float]], grid: list[tuple[int, float]], prompt_length: Callable[[int], int],
+             batch_size: int):
   """Pending cells grouped by the Generator's prompt bucket, in batches of one row count (the last of a
   bucket padded), sized from the whole grid so a resumed run reuses the shapes of the first."""
   from yijax.eval.generate import bucket_length
 
-  bucket_of = lambda cell: bucket_length(cell[0] - max_new_tokens)
+  bucket_of = lambda cell: bucket_length(prompt_length(cell[0]))
   per_bucket: dict[int, int] = {}
   for cell in grid:
     per_bucket[bucket_of(cell)] = per_bucket.get(bucket_of(cell), 0) + 1
@@ -282,8 +351,12 @@ def _append_lines(path: str, lines: list[str]) -> None:
 def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequence[float], *,
                task: NeedleTask = NeedleTask(), haystack: str | Haystack | None = None, max_new_tokens: int = 50,
                batch_size: int = 8, add_bos: bool = False, results_path: str | None = None, generator=None,
-               model_id: str = "", log: Callable[[str], None] | None = None) -> list[dict]:
+               model_id: str = "", log: Callable[[str], None] | None = None, layout: str = "yijax",
+               scoring: str = "words") -> list[dict]:
   """Scores every (length, depth) cell; returns one record per cell, sorted by (length, depth).
+
+  layout: "yijax" (the prompt fills length - max_new_tokens) or "fu2024" (the haystack is length - 200 - the
+  needle, as in Fu et al.); scoring: the field the log's means report (module docstring).
 
   haystack: text, a Haystack, or None (the embedded corpus's held-out documents).
   results_path: a JSONL file; cells it holds are skipped, new ones appended after every batch (records
@@ -301,50 +374,62 @@ def run_needle(config, params, tokenizer, lengths: Sequence[int], depths: Sequen
   if not isinstance(haystack, Haystack):
     text = haystack if haystack is not None else default_haystack_text(8 * max(lengths, default=0))
     haystack = Haystack(tokenizer, text)
+  if layout not in LAYOUTS:
+    raise ConfigError(f"--layout={layout!r} is not one of {list(LAYOUTS)}")
+  if scoring not in SCORINGS:
+    raise ConfigError(f"--scoring={scoring!r} is not one of {list(SCORINGS)}")
   builder = PromptBuilder(tokenizer, task, add_bos)
-  settings = settings_fingerprint(task, haystack, tokenizer, max_new_tokens, add_bos, model_id)
+  count_of = lambda length: haystack_count(length, builder, max_new_tokens, layout)
+  settings = settings_fingerprint(task, haystack, tokenizer, max_new_tokens, add_bos, model_id, layout)
   done = read_results(results_path, settings) if results_path else {}
   grid = [(int(length), float(depth)) for length in lengths for depth in depths]
   pending = [cell for cell in grid if cell not in done]
-  if pending and min(lengths) - max_new_tokens - builder.fixed_tokens < 1:
-    raise ConfigError(f"--min_length={min(lengths)} leaves no room for the haystack: the template, needle and "
-                     f"question take {builder.fixed_tokens} tokens and the answer --max_new_tokens="
-                     f"{max_new_tokens}; use --min_length >= {builder.fixed_tokens + max_new_tokens + 1}")
+  if pending and count_of(min(lengths)) < 1:
+    taken = min(lengths) - count_of(min(lengths))
+    raise ConfigError(f"--min_length={min(lengths)} leaves no room for the haystack: the "
+                     + (f"{FU_BUFFER}-token buffer and the needle take" if layout == "fu2024" else
+                        f"template, needle, question and the answer (--max_new_tokens={max_new_tokens}) take")
+                     + f" {taken} tokens; use --min_length >= {taken + 1}")
   if generator is not None and params is not None:
     generator.params = params
   generator = generator or (Generator(config, params) if pending else None)
   stop_ids = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
-  for batch, rows in _batches(pending, grid, max_new_tokens, batch_size):
+  expected = fu_expected_answer(task)
+  for batch, rows in _batches(pending, grid, lambda length: count_of(length) + builder.fixed_tokens, batch_size):
     started = time.time()
-    prompts = [builder.build(haystack, length - max_new_tokens, depth) for length, depth in batch]
+    prompts = [builder.build_with_haystack(haystack, count_of(length), depth) for length, depth in batch]
     padded = [p.ids for p in prompts] + [prompts[-1].ids] * (rows - len(prompts))
     outputs = generator.generate(padded, max_new_tokens, stop_ids=stop_ids)
     records = []
     for (length, depth), prompt, out in zip(batch, prompts, outputs):
       text = tokenizer.decode([t for t in out if t not in stop_ids])
-      records.append({"length": length, "depth": depth, "score": score_output(text, task.answer),
-                      "output": text, "needle_position": prompt.needle_position,
-                      "prompt_tokens": len(prompt.ids), "haystack_tokens": prompt.haystack_tokens,
-                      "settings": settings})
+      record = {"length": length, "depth": depth, "score": score_output(text, task.answer),
+                "fu_score": fu_score(text, expected), "output": text, "needle_position": prompt.needle_position,
+                "prompt_tokens": len(prompt.ids), "haystack_tokens": prompt.haystack_tokens, "settings": settings}
+      rouge = rouge1(text, task.needle)
+      if rouge is not None:
+        record["rouge1"] = rouge
+      records.append(record)
     if results_path:
       _append_lines(results_path, [json.dumps(r) for r in records])
     done.update({(r["length"], r["depth"]): r for r in records})
     if log:
-      mean = np.mean([r["score"] for r in records])
+      mean = np.mean([record_score(r, scoring, task) for r in records])
       log(f"needle: lengths {batch[0][0]}..{batch[-1][0]}, {len(batch)} cells, mean score {mean:.3f} "
           f"({time.time() - started:.1f}s)")
   return [done[cell] for cell in sorted(grid)]
 
 
-def mean_score(records: Iterable[dict]) -> float:
-  scores = [r["score"] for r in records]
+def mean_score(records: Iterable[dict], scoring: str = "words", task: NeedleTask | None = None) -> float:
+  scores = [record_score(r, scoring, task) for r in records]
   return float(np.mean(scores)) if scores else float("nan")
 
 
-def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = None, title: str | None = None) -> None:
-  """Heatmap of scores: x = context length, y = depth (0% on top), red (0) -> green (1), as in Fu et al.;
-  a dashed white line marks `train_length` (the model's max_seq_len) when lengths cross it. `path`: local or
-  gs://."""
+def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = None, title: str | None = None,
+                 scoring: str = "words", task: NeedleTask | None = None) -> None:
+  """Heatmap of scores (--scoring's field): x = context length, y = depth (0% on top), red (0) -> green (1),
+  as in Fu et al. (rouge1: 0 -> 10); a dashed white line marks `train_length` (the model's max_seq_len) when
+  lengths cross it. `path`: local or gs://."""
   import io
 
   from matplotlib.colors import LinearSegmentedColormap
@@ -354,11 +439,12 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
   depths = sorted({float(r["depth"]) for r in records})
   grid = np.full((len(depths), len(lengths)), np.nan)
   for r in records:
-    grid[depths.index(float(r["depth"])), lengths.index(int(r["length"]))] = r["score"]
+    grid[depths.index(float(r["depth"])), lengths.index(int(r["length"]))] = record_score(r, scoring, task)
   figure = Figure(figsize=(max(6.0, 0.35 * len(lengths) + 3), max(3.5, 0.35 * len(depths) + 2)))
   axes = figure.add_subplot()
   cmap = LinearSegmentedColormap.from_list("needle", HEATMAP_COLORS)
-  image = axes.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+  top = 10.0 if scoring == "rouge1" else 1.0
+  image = axes.imshow(grid, cmap=cmap, vmin=0.0, vmax=top, aspect="auto", interpolation="nearest")
   axes.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45, ha="right")
   axes.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
   axes.set_xticks(np.arange(len(lengths) + 1) - 0.5, minor=True)
@@ -371,8 +457,8 @@ def plot_heatmap(records: Sequence[dict], path: str, train_length: int | None = 
   axes.set_xlabel("Token Limit")
   axes.set_ylabel("Depth Percent")
   axes.set_title(title or f"Needle in a haystack: fact retrieval across context lengths\n"
-                          f"mean score {mean_score(records):.3f}")
-  figure.colorbar(image, ax=axes, label="Score")
+                          f"mean score {mean_score(records, scoring, task):.3f} ({scoring})")
+  figure.colorbar(image, ax=axes, label=f"Score ({scoring})")
   figure.tight_layout()
   image_bytes = io.BytesIO()
   figure.savefig(image_bytes, format=os.path.splitext(path)[1].lstrip(".") or "png", dpi=120)
@@ -383,7 +469,8 @@ def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int 
                     num_lengths: int = 40, num_depths: int = 10, haystack_path: str | None = None,
                     task: NeedleTask = NeedleTask(), max_new_tokens: int = 50, batch_size: int = 8,
                     add_bos: bool = False, model_id: str = "",
-                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = print, layout: str = "yijax",
+                    scoring: str = "words") -> dict[str, Any]:
   """`yijax eval needle`: the whole grid into OUT/needle.jsonl (resumable) and OUT/needle.png; a summary."""
   from yijax.eval.generate import Generator
 
@@ -407,8 +494,10 @@ def evaluate_to_dir(config, params, tokenizer, out_dir: str, *, min_length: int 
   records = run_needle(config, params, tokenizer, lengths, depths, task=task, haystack=Haystack(tokenizer, text),
                        max_new_tokens=max_new_tokens, batch_size=batch_size, add_bos=add_bos,
                        results_path=os.path.join(out_dir, RESULTS_FILE), generator=generator, model_id=model_id,
-                       log=log)
-  plot_heatmap(records, os.path.join(out_dir, HEATMAP_FILE), train_length=config.max_seq_len)
-  return {"mean_score": mean_score(records), "cells": len(records), "lengths": lengths, "depths": depths,
+                       log=log, layout=layout, scoring=scoring)
+  plot_heatmap(records, os.path.join(out_dir, HEATMAP_FILE), train_length=config.max_seq_len, scoring=scoring,
+               task=task)
+  return {"mean_score": mean_score(records, scoring, task), "scoring": scoring, "layout": layout,
+          "cells": len(records), "lengths": lengths, "depths": depths,
           "compilations": dict(generator.trace_counts), "seconds": round(time.time() - started, 2),
           "results": os.path.join(out_dir, RESULTS_FILE), "heatmap": os.path.join(out_dir, HEATMAP_FILE)}

@@ -77,6 +77,15 @@ SCALES = {
                   embedded_max_docs=0, tokenizer_embedded_mb=1.0),
         knobs=dict(seeds=3, pretrain_steps=3000, pretrain_lr=3e-3, lr=1e-3, packing=0.85, fixed_steps=0),
         batch=16, seq_len=128, eval_points=16, loss_batches=8, freeze=1, enforce_gate=True, arms=None),
+    # one H100 (not run): a 12-layer x 512 model, 10x the people, 10M domain tokens
+    "gpu": dict(
+        model=dict(num_layers=12, hidden_size=512, num_heads=8, num_kv_heads=2, head_dim=64, mlp_dim=1408,
+                   vocab_size=4096, max_seq_len=512, dtype="bfloat16"),
+        data=dict(world_a=2000, world_b=2600, reference=400, a_bios_per_person=4, a_qa_per_person=2, b_intro_bios=2,
+                  domain_tokens=10_000_000, validation_per_person=1, min_hq_coverage=0.9, vocab_size=4096,
+                  embedded_max_docs=0, tokenizer_embedded_mb=2.0),
+        knobs=dict(seeds=3, pretrain_steps=5000, pretrain_lr=1e-3, lr=3e-4, packing=0.85, fixed_steps=0),
+        batch=32, seq_len=512, eval_points=20, loss_batches=8, freeze=3, enforce_gate=True, arms=None),
 }
 DATA_DEFAULTS = dict(seed=0, a_qa_fraction=0.75, b_known_fraction=0.5, corrupt_fraction=0.3, hq_fraction=0.4)
 STRATEGY_EPOCHS = 2

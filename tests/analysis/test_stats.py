@@ -82,3 +82,20 @@ def test_dip_against_the_start_band_by_hand():
 def test_format_mean_se():
   assert stats.format_mean_se(4.4471, 0.0123) == "4.447 ± 0.012"
   assert stats.format_mean_se(1.5, math.nan, 2) == "1.50"
+
+
+def test_the_gold_band_passes_the_gold_model_and_fails_a_model_outside_it():
+  gold = [10.0, 10.6]
+  for seed_value in gold:  # each gold seed, as one run, is inside its own model's band
+    assert stats.gold_band([seed_value], gold)["within"]
+  for n in range(2, 7):  # by construction for up to 6 gold seeds, whatever their spread
+    spread = [0.0] * (n - 1) + [1.0]
+    assert all(stats.gold_band([v], spread)["within"] for v in spread)
+  band = stats.gold_band([11.3], gold)  # sd_gold^2 = 0.18: se = sqrt(0.18 / 2 + 0.18); 1.0 away is inside 2 se
+  assert band["se"] == pytest.approx(math.sqrt(0.27)) and band["diff"] == pytest.approx(1.0) and band["within"]
+  assert not stats.gold_band([11.5], gold)["within"]  # 1.2 > 2 x 0.52
+  assert not stats.gold_band([10.9, 10.95, 11.0], [10.0, 10.01, 10.02])["within"]  # tight seeds, a real gap
+  assert stats.gold_band([0.52], [0.50, 0.50], floor_se=0.02)["within"]  # identical gold seeds: the floor decides
+  assert not stats.gold_band([0.56], [0.50, 0.50], floor_se=0.02)["within"]
+  with pytest.raises(ValueError, match="at least 2 seeds"):
+    stats.gold_band([1.0], [1.0])

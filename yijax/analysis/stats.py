@@ -113,6 +113,27 @@ def dip(curves: Sequence[Sequence[float]], start: Sequence[float], higher_is_bet
           "se": se, "n_seeds": int(curves.shape[0]), "verdict": verdict(depth, se, 1)}
 
 
+def gold_band(values: Iterable[float], gold: Iterable[float], k: float = 2.0, floor_se: float = 0.0) -> dict:
+  """Whether a model is indistinguishable from the gold model on one metric (unlearning's success test).
+
+  gold: the gold model's value per seed (retrained without the forget set; at least 2 seeds). The band is
+  |mean(values) - mean(gold)| <= k se, se = sqrt(sd_gold^2 / n_gold + var), where var is the squared standard
+  error of mean(values) over its seeds, or sd_gold^2 for a single run (one run varies as one gold run does), and
+  se >= floor_se (measurement noise, e.g. the binomial se of an accuracy). Every gold seed passes against the
+  band of its own model for up to 6 gold seeds: a seed lies at most (n-1)/sqrt(n) sd_gold from the gold mean,
+  under k sqrt(1 + 1/n) sd_gold for k = 2.
+  """
+  values, gold = _values(values), _values(gold)
+  if gold.size < 2:
+    raise ValueError(f"the gold band needs the gold model on at least 2 seeds, got {gold.size}")
+  sd_gold = float(gold.std(ddof=1))
+  var = float(values.var(ddof=1)) / values.size if values.size > 1 else sd_gold**2
+  se = max(math.sqrt(sd_gold**2 / gold.size + var), floor_se)
+  diff = float(values.mean() - gold.mean())
+  return {"mean": float(values.mean()), "gold_mean": float(gold.mean()), "diff": diff, "se": se, "k": k,
+          "within": bool(abs(diff) <= k * se)}
+
+
 def summarize(per_seed: dict[str, Sequence[float]]) -> dict[str, dict]:
   """{metric: [per-seed values]} -> {metric: {"mean", "se", "values"}}."""
   out = {}

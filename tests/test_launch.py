@@ -206,6 +206,7 @@ TRAIN_ARGS = [
 ]
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_two_processes_from_jax_environment_variables(tmp_path, prepared_data):
   """What the README's plain multi-node example does, on one machine: no --config.distributed.* at all."""
   readme = open(os.path.join(ROOT, "README.md")).read()

@@ -173,6 +173,7 @@ def get_config():
 '''
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_a_model_trained_on_the_arith_text_beats_chance_and_an_untrained_one_does_not(tmp_path, arith_tokenizer):
   """800 steps of `yijax train` on the arith pretraining text alone (one CPU device, ~35 s): measured
   acc 0.565 (comparison 0.86) against the untrained initialization's 0.385; chance is 0.375."""

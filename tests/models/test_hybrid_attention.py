@@ -122,6 +122,7 @@ def test_layout_errors():
     HYBRID.replace(kv_share_group=3).validate()
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_yi_lightning_tiny_trains_with_yijax_train(tmp_path, prepared_data):
   """configs/pretrain/yi_lightning_tiny.py: MoE + sliding/full layers + KV sharing through `yijax train`."""
   import json

@@ -33,6 +33,7 @@ def _losses(workdir):
     return [json.loads(line)["loss"] for line in f]
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_restore_onto_another_mesh(tmp_path, prepared_data):
   """8-way data parallel for 4 steps, then fsdp=4 x tensor=2 for the rest: same losses."""
   straight = tmp_path / "straight"
@@ -54,6 +55,7 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path, prepared_data):
     loop.train(_config(prepared_data, **{"train.steps": 4, "model.mlp_dim": 96}), str(workdir))
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_keep_policy_keeps_last_k_every_m_and_log_spaced(tmp_path, prepared_data):
   from yijax.train.checkpoint import log_spaced_steps
 
@@ -143,6 +145,7 @@ def test_bad_configs_fail_before_compiling(tmp_path, prepared_data, override, me
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_moe_trains_resumes_exactly_and_balances(tmp_path, prepared_data):
   moe = {"model.num_experts": 8, "model.num_experts_per_token": 2, "model.expert_mlp_dim": 32,
          "model.num_shared_experts": 1, "model.shared_expert_mlp_dim": 32, "model.first_dense_layers": 1,
@@ -163,6 +166,7 @@ def test_moe_trains_resumes_exactly_and_balances(tmp_path, prepared_data):
   np.testing.assert_allclose(np.abs(bias), 0.01 * np.round(np.abs(bias) / 0.01), atol=1e-6)
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_frozen_layers_stay_put_and_relative_updates_are_logged(tmp_path, prepared_data):
   base = tmp_path / "base"
   loop.train(_config(prepared_data, **{"train.steps": 2}), str(base))
@@ -234,6 +238,7 @@ def test_batch_growth_on_the_smoothed_loss():
   assert sizes_after(losses, 0.5) == [8] * 13 + [16, 16]
 
 
+@pytest.mark.slow  # an end-to-end training (15-65 s on 2 cores): CI runs it, the inner loop does not
 def test_several_steps_per_call_match_step_by_step(tmp_path, prepared_data):
   # k steps per compiled call (a scan over k batches) is the same training: the same data, losses and
   # parameters, evaluations and checkpoints on the same steps; a resumed run (stop_after) continues it exactly

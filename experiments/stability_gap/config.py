@@ -28,7 +28,7 @@ about; 40% x 2 epochs keeps 92% (the data stage checks it: min_hq_coverage).
   no_shift         continued pretraining on the pretraining mixture itself (the relative-
                    update control: no distribution shift), the baseline's tokens              seeded
   replay10         the whole domain + 10% replay of the pretraining mixture                   1 seed
-  freeze_top / freeze_bottom   the baseline with the top / bottom quarter of the layers frozen  1 seed
+  freeze_top / freeze_bottom   the baseline with the top / bottom `freeze` layers frozen (cpu: 1 of 6) 1 seed
 """
 
 import ml_collections
@@ -55,7 +55,7 @@ LABELS = {"baseline": "whole domain, 1 epoch", "subset": "(1) random 40% x 2 epo
           "hq_mixture": "(1)+(2)+(3) pretraining mixture, web share -> domain_hq resampled per epoch",
           "no_shift": "pretraining mixture continued (no shift)",
           "replay10": "whole domain + 10% pretraining replay",
-          "freeze_top": "baseline, top quarter frozen", "freeze_bottom": "baseline, bottom quarter frozen"}
+          "freeze_top": "baseline, top {k} layer(s) frozen", "freeze_bottom": "baseline, bottom {k} layer(s) frozen"}
 
 SCALES = {
     # seconds on 2 CPU cores: every stage, a micro model, a few steps; the gate is recorded, not enforced
@@ -204,7 +204,8 @@ def _small_scale(name: str) -> ml_collections.ConfigDict:
   study.stages.report = ml_collections.ConfigDict({
       "kind": "python", "depends_on": ["start_eval", "data"] + list(arms),
       "fn": "yijax.studies.stability_gap:analyze",
-      "args": {"arms": list(arms), "keys": KEYS, "labels": {a: LABELS[a] for a in arms}, "items": items,
+      "args": {"arms": list(arms), "keys": KEYS, "labels": {a: LABELS[a].format(k=scale["freeze"]) for a in arms},
+               "items": items,
                "baseline": "baseline", "strategies": [a for a in STRATEGIES if a in arms],
                "subset_fraction": data_args["hq_fraction"]}})
   return study

@@ -241,14 +241,14 @@ def _ms(d: dict, digits: int = 3) -> str:
 
 def table(results: dict, labels: dict) -> list[str]:
   """The arms table: the known half's dip, recovery and peak, and the other groups' start -> final."""
-  lines = ["| arm | recipe | seeds | tokens (domain epochs) | B known: start | worst (at) | recovered at | "
+  lines = ["| arm | seeds | tokens (domain epochs) | B known: start | worst (at) | recovered at | "
            "peak (at) | final | B unknown: start -> final | A held-out: start -> final | domain loss: start -> "
-           "final | bottom/top update: early -> final |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "final | bottom/top update: early -> final |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for arm, r in results.items():
     k, u, a = r.get("b_known_qa"), r.get("b_unknown_qa"), r.get("a_held_out_qa")
     loss, ratio = r.get("domain_loss"), r.get("update_ratio")
     epochs = f" ({r['domain_epochs']:.2f})" if "domain_epochs" in r else ""
-    cells = [arm, labels.get(arm, ""), str(r["seeds"]), _mtok(r["tokens"]) + epochs]
+    cells = [arm, str(r["seeds"]), _mtok(r["tokens"]) + epochs]
     if k:
       cells += [f"{k['start']:.3f} ± {k['start_se']:.3f}", f"{k['dip']['value']:.3f} ({_mtok(k['dip']['tokens'])})",
                 _mtok(k["recovery_tokens"]) if k["dip"]["depth"] > 0 else "no dip",
@@ -333,7 +333,8 @@ def report(arms: dict[str, list[str]], base: dict, keys: dict, items: dict, out_
       results[arm]["domain_epochs"] = results[arm]["tokens"] / (subset_fraction * domain_tokens)
   claims = claims_for(results, stacked, keys, items, baseline, list(strategies))
   figures = plot(stacked, keys, out_dir)
-  payload = {"arms": results, "claims": claims, "base": base, "keys": keys, "items": items, **extra}
+  payload = {"arms": results, "claims": claims, "base": base, "keys": keys, "items": items, "labels": labels or {},
+             **extra}
   gate = extra.get("gate")
   lines = []
   if gate is not None and not gate.get("passed"):
@@ -342,7 +343,9 @@ def report(arms: dict[str, list[str]], base: dict, keys: dict, items: dict, out_
   lines += ["Mean ± standard error over seeds; accuracies on 4-choice QA (chance 0.25); tokens are real "
             "(padding excluded); domain epochs = tokens / the arm's domain tokens (subset: its share of the domain, "
             "hq: domain_hq).", ""]
-  lines += table(results, labels or {}) + [""] + claims_table(claims) + [""]
+  lines += table(results, labels or {}) + [""]
+  lines += [f"- `{arm}`: {label}" for arm, label in (labels or {}).items()] + [""]
+  lines += claims_table(claims) + [""]
   lines += [f"![{paths.basename(p)}]({paths.basename(p)})" for p in figures]
   paths.write_text(paths.join(out_dir, "results.json"),
                    json.dumps(payload, indent=2, sort_keys=True, default=float))

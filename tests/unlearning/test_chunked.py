@@ -106,3 +106,27 @@ def test_config_errors_name_the_field(prepared):
     chunked.train_iterator(_data_cfg(prepared, source=""), CHUNK, 4, process_index=0, process_count=1)
   with pytest.raises(ConfigError, match="must be even"):
     chunked.train_iterator(_data_cfg(prepared, paired_source="retain"), CHUNK, 3, process_index=0, process_count=1)
+
+
+def _run_cfg(prepared, steps=0, batch=4, **chunked_fields):
+  return ml_collections.ConfigDict({
+      "data": _data_cfg(prepared, **chunked_fields), "train": {"steps": steps, "seq_len": CHUNK, "batch_size": batch},
+      "checkpoint": {"every_steps": 50, "keep_every": 0}})
+
+
+def test_epochs_set_the_steps_from_every_chunk_of_the_source(prepared):
+  # 8 forget chunks; 3 forget rows per step (unpaired): an epoch is ceil(8 / 3) = 3 steps
+  config = _run_cfg(prepared, batch=3, epochs=2.0, save_every_epoch=True)
+  plan = chunked.resolve_epochs(config)
+  assert plan["chunks"] == 8 and plan["steps_per_epoch"] == 3
+  assert config.train.steps == 6 and config.checkpoint.every_steps == 3 and config.checkpoint.keep_every == 3
+  # paired: half the rows are forget chunks (2 of 4): 4 steps an epoch; a resumed run sees its own steps again
+  config = _run_cfg(prepared, steps=12, batch=4, epochs=3.0, paired_source="retain")
+  assert chunked.resolve_epochs(config)["steps"] == 12 and config.checkpoint.every_steps == 50
+  # every chunk is read within one epoch's steps
+  it = chunked.train_iterator(_data_cfg(prepared), CHUNK, 3, seed=0, process_index=0, process_count=1)
+  seen = {_key(r) for _ in range(3) for r in next(it)["tokens"]}
+  assert seen == {_key(c) for c in _expected_forget_chunks()}
+  with pytest.raises(ConfigError, match="train.steps=5 and data.chunked.epochs=2.*set train.steps=0"):
+    chunked.resolve_epochs(_run_cfg(prepared, steps=5, batch=3, epochs=2.0))
+  assert chunked.resolve_epochs(_run_cfg(prepared, steps=5)) is None  # epochs unset: train.steps counts

@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_chunks = 0        # use the first N chunks of `source` (an epoch = N chunks); 0 = all of them
   c.min_tokens = MIN_TOKENS  # chunks with fewer tokens are dropped
   c.shuffle = True        # reshuffle the chunk order every epoch (False: the stored order)
+  c.epochs = 0.0          # > 0: train.steps = this many epochs over the chunks, counted when the run starts
+  c.save_every_epoch = False  # with epochs: a kept checkpoint at the end of every epoch (a path over training)
   return c
 
 
@@ -243,6 +245,53 @@ class ChunkedIterator:
   def epoch_steps(self) -> float:
     """Optimizer steps per pass over the main source."""
     return len(self.main) / self.main_per_batch
+
+
+def epoch_plan(data_cfg, seq_len: int, global_batch: int) -> dict:
+  """{"chunks", "rows_per_step", "steps_per_epoch"} of a `data.chunked` run: an epoch is
+  ceil(chunks / rows) steps, so every chunk is read at least once per epoch (the last batch of an epoch
+  wraps into the next shuffled pass)."""
+  from yijax.data import pipeline
+
+  cfg = data_cfg.chunked
+  if not cfg.source:
+    raise ConfigError("data.chunked.enabled is set but data.chunked.source is empty; name a prepared source")
+  manifest = pipeline.read_manifest(data_cfg.prepared_dir, data_cfg.split, [cfg.source])
+  bos, eos = special_ids(manifest, data_cfg.add_bos, data_cfg.add_eos)
+  table = plan_chunks(manifest, data_cfg.split, cfg.source, seq_len, bos is not None, eos is not None,
+                      int(cfg.min_tokens), int(cfg.num_chunks))
+  rows = global_batch // (2 if cfg.paired_source else 1)
+  if rows < 1:
+    raise ConfigError(f"train.batch_size={global_batch} leaves no row of {cfg.source!r} per step")
+  return {"chunks": len(table), "rows_per_step": rows, "steps_per_epoch": -(-len(table) // rows)}
+
+
+def resolve_epochs(config) -> dict | None:
+  """When data.chunked.epochs > 0, sets train.steps to that many epochs over the source's chunks (all of them,
+  or num_chunks) from the prepared data, so a run unlearns every chunk of a set whose size is known only
+  after tokenization; with data.chunked.save_every_epoch, checkpoint.every_steps and checkpoint.keep_every
+  become one epoch (every epoch's model is kept). train.steps must be 0 (or already the resolved value:
+  a resumed run). Returns the plan, or None when epochs is not set."""
+  data = config.data
+  if not enabled(data) or not float(data.chunked.get("epochs", 0.0)):
+    return None
+  epochs = float(data.chunked.epochs)
+  if epochs < 0:
+    raise ConfigError(f"data.chunked.epochs={epochs} must be positive (or 0: train.steps counts the steps)")
+  if not data.prepared_dir:
+    raise ConfigError("data.chunked.epochs counts chunks in data.prepared_dir, which is empty; set it")
+  plan = epoch_plan(data, int(config.train.seq_len), int(config.train.batch_size))
+  steps = max(1, int(round(epochs * plan["steps_per_epoch"])))
+  if config.train.steps and int(config.train.steps) != steps:
+    raise ConfigError(f"train.steps={config.train.steps} and data.chunked.epochs={epochs:g} ({steps} steps: "
+                      f"{plan['chunks']} chunks, {plan['rows_per_step']} per step) both set the length of the "
+                      "run; set train.steps=0")
+  with config.unlocked():
+    config.train.steps = steps
+    if data.chunked.get("save_every_epoch"):
+      config.checkpoint.every_steps = plan["steps_per_epoch"]
+      config.checkpoint.keep_every = plan["steps_per_epoch"]
+  return {**plan, "epochs": epochs, "steps": steps}
 
 
 def train_iterator(data_cfg, seq_len: int, batch_size: int, seed: int = 0, process_index: int | None = None,

@@ -132,6 +132,11 @@ class _Run:
     config = self.config
     paths.check_output_dir(paths.resolve(workdir), "--workdir")
     # the data is resolved (the default data prepared) before the run dir gets anything
+    from yijax.data import chunked
+
+    epochs = chunked.resolve_epochs(config)
+    if epochs:
+      log.info(f"data.chunked.epochs: {epochs}")
     self.plan = validation.resolve_data(config, validation.check_run_config(config))
     self.model_config, self.mesh, self.rules = self.plan.model_config, self.plan.mesh, self.plan.rules
     self.data = self.plan.data

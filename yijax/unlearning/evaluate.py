@@ -20,14 +20,19 @@ from yijax.models.config import ModelConfig
 
 
 def sequence_metrics(scored: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-  """{"perplexity", "loss", "accuracy", "sequences", "tokens"} of (log_probs, correct) per sequence."""
+  """{"perplexity", "loss", "loss_se", "token_loss", "accuracy", "sequences", "tokens"} of (log_probs, correct)
+  per sequence: loss is the mean over sequences of each one's mean NLL (perplexity = exp(loss)), loss_se its
+  standard error over sequences (the measurement noise of the set), token_loss the mean NLL over all tokens."""
   scored = [(lp, ok) for lp, ok in scored if len(lp)]
   if not scored:
     raise DataError("no sequence with a scored token")
-  loss = float(np.mean([-np.mean(lp) for lp, _ in scored]))
+  per_sequence = np.array([-np.mean(lp) for lp, _ in scored])
+  loss = float(per_sequence.mean())
   tokens = int(sum(len(lp) for lp, _ in scored))
   correct = int(sum(int(np.sum(ok)) for _, ok in scored))
-  return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "accuracy": correct / tokens,
+  loss_se = float(per_sequence.std(ddof=1) / math.sqrt(len(scored))) if len(scored) > 1 else math.nan
+  return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "loss_se": loss_se,
+          "token_loss": float(-sum(np.sum(lp) for lp, _ in scored) / tokens), "accuracy": correct / tokens,
           "sequences": len(scored), "tokens": tokens}
 
 

@@ -53,6 +53,8 @@ def run_overrides(name: str, original: str, lr: float, epochs: int, num_chunks: 
   """Dotted run-config overrides of one unlearning run of `original` (a model / run dir).
 
   forget_rows: forget chunks per optimizer step (the batch doubles when a retain chunk is paired).
+  num_chunks: the first N forget chunks (an epoch = N / forget_rows steps), or 0: every forget chunk, the steps
+  counted when the run starts (data.chunked.epochs).
   sources: {"forget", "retain", "general_retain"} -> prepared source names (default: the same).
   """
   method = get(name)
@@ -63,7 +65,8 @@ def run_overrides(name: str, original: str, lr: float, epochs: int, num_chunks: 
       "train.objective": OBJECTIVES + method.objective,
       "train.init_from": original,
       "train.reference_from": original if method.reference else "",
-      "train.steps": epochs * steps_per_epoch(num_chunks, forget_rows),
+      "train.steps": epochs * steps_per_epoch(num_chunks, forget_rows) if num_chunks else 0,
+      "data.chunked.epochs": 0.0 if num_chunks else float(epochs),
       "train.batch_size": batch,
       "data.sources": {sources["forget"]: 1.0},
       "data.chunked.enabled": True,

@@ -1,177 +1,302 @@
-"""The unlearning study's report: results.json, report.md and the forget-vs-general plot.
+"""The unlearning study's report: results.json, report.md and one path plot per setting.
 
-An unlearning run counts as a success when it forgot and kept its knowledge
-(approximate and general perplexity within `tolerance` of the original
-model's). "Forgot" by the paper's proxy: forget-set perplexity at least the
-approximate set's (the model no longer prefers the forget documents to unseen
-ones of the same distribution); by the gold baseline, where one was trained:
-forget perplexity at least that of the model retrained without the forget
-set. Robustness of a method = its successes over the learning-rate x epochs grid.
+Success is judged against the gold model (the same training without the forget data) and its seed band,
+never against a fixed tolerance: on every metric of the setting (forget, approximate / retain, general,
+membership inference) a model must be indistinguishable from the gold model, |value - gold mean| <= k se
+with se from the gold seeds' spread and the measurement noise of the metric (stats.gold_band). The gold
+model passes by construction; the original model must fail (else the setting cannot show unlearning).
+
+Per method and learning rate the evaluate stage scored the model after every epoch: its path in (forget,
+utility) space. A learning rate is in the method's robust range when its final model is within the gold band
+on every metric; the point closest to gold is the (learning rate, epoch) of least distance, the largest
+|diff| / se over the metrics (within the band <=> distance <= k).
 """
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 
+import numpy as np
+
 from yijax import paths
+from yijax.analysis import stats
 from yijax.unlearning import methods
 
 log = logging.getLogger(__name__)
 
-MODELS = "models"  # the evaluate stage writes one <model>.json per model here
+MODELS = "models"  # the evaluate stage writes one <label>.json per model here
+K = 2.0
 
 
-def read_results(stage_dir: str, names) -> dict[str, dict]:
-  """The per-model results an evaluate stage wrote."""
-  return {name: paths.read_json(paths.join(stage_dir, MODELS, f"{name}.json"), f"the results of {name!r}")
-          for name in names}
+def read_result(evaluate_dir: str, label: str) -> dict:
+  return paths.read_json(paths.join(evaluate_dir, MODELS, f"{label}.json"), f"the results of {label!r}")
 
 
-def _metrics(result: dict, sets, k: str) -> dict:
-  out = {}
-  for name in sets:
-    out[f"{name}_ppl"] = result[name]["perplexity"]
-    out[f"{name}_acc"] = result[name]["accuracy"]
-  if "mia" in result:
-    out["mia_auc"] = result["mia"]["auc"][k]
-    out["mia_auc_by_k"] = result["mia"]["auc"]
+def _auc_se(auc: float, members: int, nonmembers: int) -> float:
+  """Hanley & McNeil (1982) standard error of a ROC AUC from its two sample sizes."""
+  q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+  var = (auc * (1 - auc) + (members - 1) * (q1 - auc * auc) + (nonmembers - 1) * (q2 - auc * auc))
+  return math.sqrt(max(var, 0.0) / (members * nonmembers))
+
+
+def metric(result: dict, spec: dict) -> tuple[float, float]:
+  """(value, measurement se) of one metric spec {key, kind, set | task | k} in a model's results."""
+  kind = spec["kind"]
+  if kind == "task":
+    task = result["tasks"][spec["task"]]
+    return float(task["acc"]), stats.binomial_se(float(task["acc"]), int(task["n"]))
+  if kind == "loss":
+    entry = result[spec["set"]]
+    return float(entry["loss"]), float(entry["loss_se"])
+  if kind == "bpb":
+    entry = result[spec["set"]]
+    value = float(entry["bits_per_byte"])
+    return value, value * float(entry["loss_se"]) / max(float(entry["loss"]), 1e-9)
+  if kind == "mia":
+    auc, n = float(result["mia"]["auc"][str(spec.get("k", "100"))]), int(result["mia"]["members"])
+    return auc, _auc_se(auc, n, n)
+  raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def _values(result: dict, specs: list[dict]) -> tuple[dict, dict]:
+  values, ses = {}, {}
+  for spec in specs:
+    values[spec["key"]], ses[spec["key"]] = metric(result, spec)
+  return values, ses
+
+
+def band_test(values: dict, ses: dict, gold: dict, specs: list[dict], k: float = K) -> dict:
+  """Per metric stats.gold_band of one model (one run) against the gold seeds; "distance" = the largest
+  |diff| / se (units of se: within every band <=> distance <= k), "success" = within on every metric."""
+  out, distance = {}, 0.0
+  for spec in specs:
+    key = spec["key"]
+    floor = math.sqrt(ses[key] ** 2 + float(np.mean(gold["se"][key])) ** 2)
+    band = stats.gold_band([values[key]], gold["values"][key], k=k, floor_se=floor)
+    out[key] = band["within"]
+    distance = max(distance, abs(band["diff"]) / band["se"])
+  return {"within": out, "distance": distance, "success": all(out.values())}
+
+
+def _seeds(evaluate_dir: str, stage: str, seeds: list[int], specs: list[dict]) -> dict:
+  values = {s["key"]: [] for s in specs}
+  ses = {s["key"]: [] for s in specs}
+  for seed in seeds:
+    v, e = _values(read_result(evaluate_dir, f"{stage}_seed{seed}"), specs)
+    for key in values:
+      values[key].append(v[key])
+      ses[key].append(e[key])
+  summary = {key: dict(zip(("mean", "se"), stats.mean_se(vals))) for key, vals in values.items()}
+  return {"values": values, "se": ses, "summary": summary}
+
+
+def _run_config(run_dir: str) -> dict:
+  return paths.read_json(paths.join(run_dir, "config.json"), f"the config of run {run_dir}")
+
+
+def _run_flops(run_dir: str, model, reference: bool) -> float:
+  from yijax.unlearning import evaluate
+
+  config = _run_config(run_dir)
+  return evaluate.run_flops(model, int(config["train"]["steps"]), int(config["train"]["batch_size"]),
+                            int(config["train"]["seq_len"]), reference)
+
+
+def setting_results(setting: dict, context) -> dict:
+  """One setting's results: original and gold per seed, the band checks, every arm's path, per method its
+  robust learning rates and its point closest to gold."""
+  from yijax.train import params_io
+
+  specs = [dict(s) for s in setting["metrics"]]
+  evaluate_dir = context.stage_dir(setting["evaluate_stage"])
+  seeds = context.seeds
+  original = _seeds(evaluate_dir, setting["original"], seeds, specs)
+  out = {"metrics": specs, "k": K, "seeds": len(seeds), "original": original, "arms": {}, "methods": {},
+         "forget_metric": setting["forget_metric"], "utility_metric": setting["utility_metric"]}
+  gold = _seeds(evaluate_dir, setting["gold"], seeds, specs) if setting.get("gold") else None
+  banded = gold is not None and len(seeds) >= 2
+  if gold is not None:
+    out["gold"] = gold
+  if banded:
+    out["checks"] = {
+        "gold_seeds": [band_test({k: v[i] for k, v in gold["values"].items()},
+                                 {k: v[i] for k, v in gold["se"].items()}, gold, specs) for i in range(len(seeds))],
+        "original_seeds": [band_test({k: v[i] for k, v in original["values"].items()},
+                                     {k: v[i] for k, v in original["se"].items()}, gold, specs)
+                           for i in range(len(seeds))]}
+    out["checks"]["gold_passes"] = all(c["success"] for c in out["checks"]["gold_seeds"])
+    out["checks"]["original_fails"] = not any(c["success"] for c in out["checks"]["original_seeds"])
+    forget = setting["forget_metric"]
+    expect = "a > b" if next(s for s in specs if s["key"] == forget).get("higher_when_known", True) else "a < b"
+    out["claims"] = [stats.claim(
+        "original_knows_forget_set", f"the original model is above the gold model on {forget} (there is something "
+        "to unlearn)", forget, setting["original"], setting["gold"], original["values"][forget],
+        gold["values"][forget], expect, paired=True,
+        floor_se=float(np.mean(original["se"][forget])))]
+  first = read_result(evaluate_dir, f"{setting['original']}_seed0")
+  model = params_io.read_model_config(first["model"])
+  gold_dir = context.stage_dirs(setting["gold"])[0] if setting.get("gold") else None
+  retrain_flops = _run_flops(gold_dir, model, False) if gold_dir else float(setting.get("retrain_flops", 0) or 0)
+  out["retrain_flops"] = retrain_flops
+  for arm in setting["arms"]:
+    arm = dict(arm)
+    run_dir = context.stage_dir(arm["name"])
+    config = _run_config(run_dir)
+    per_epoch = int(config["checkpoint"]["every_steps"])
+    points = []
+    for step in params_io.complete_steps(paths.join(run_dir, "checkpoints")):
+      values, ses = _values(read_result(evaluate_dir, f"{arm['name']}@{step}"), specs)
+      point = {"step": step, "epoch": step / per_epoch, "values": values, "se": ses}
+      if banded:
+        point.update(band_test(values, ses, gold, specs))
+      points.append(point)
+    flops = _run_flops(run_dir, model, methods.get(arm["method"]).reference)
+    out["arms"][arm["name"]] = {**arm, "steps": int(config["train"]["steps"]), "points": points,
+                                "final": points[-1], "flops": flops,
+                                "retrain_over_unlearn_flops": retrain_flops / flops if retrain_flops else None}
+  for method in dict.fromkeys(a["method"] for a in setting["arms"]):
+    arms = [a for a in out["arms"].values() if a["method"] == method]
+    entry = {"label": methods.get(method).label, "lrs": sorted(a["lr"] for a in arms)}
+    if banded:
+      good = sorted(a["lr"] for a in arms if a["final"]["success"])
+      best_arm, best = min(((a, p) for a in arms for p in a["points"]), key=lambda ap: ap[1]["distance"])
+      entry.update({"robust_lrs": good, "robust_range": [good[0], good[-1]] if good else None,
+                    "closest": {"lr": best_arm["lr"], "arm": best_arm["name"], "epoch": best["epoch"],
+                                "step": best["step"], "distance": best["distance"], "success": best["success"],
+                                "values": best["values"]}})
+    out["methods"][method] = entry
+  if banded:
+    counts = {m: len(e["robust_lrs"]) for m, e in out["methods"].items()}
+    top = max(counts.values(), default=0)
+    out["most_robust"] = [m for m, c in counts.items() if top and c == top]
   return out
 
 
-def _tokens_flops(spec: dict, model, reference: bool = False) -> float | None:
-  from yijax.unlearning import evaluate
-
-  if not spec:
-    return None
-  if spec.get("flops"):
-    return float(spec["flops"])
-  if spec.get("tokens"):
-    from yijax.train import flops
-
-    return float(spec["tokens"]) * flops.train_flops_per_token(model, int(spec["seq_len"]))
-  return evaluate.run_flops(model, int(spec["steps"]), int(spec["batch_size"]), int(spec["seq_len"]), reference)
-
-
-def kept(arm: dict, original: dict, general: str, tolerance: float) -> bool:
-  return bool(arm["approximate_ppl"] <= (1 + tolerance) * original["approximate_ppl"]
-              and arm[f"{general}_ppl"] <= (1 + tolerance) * original[f"{general}_ppl"])
-
-
 def build_results(args, context) -> dict:
-  """results.json's content from the evaluate stage's per-model results and the run specs."""
-  from yijax.train import params_io
-
-  sets, k, general = list(args.sets), str(args.table_k), args.general_set
-  names = [args.original] + ([args.retrain] if args.get("retrain") else []) + [a["name"] for a in args.arms]
-  raw = read_results(context.stage_dir(args.evaluate_stage), names)
-  model = params_io.read_model_config(raw[args.original]["model"])
-  original = _metrics(raw[args.original], sets, k)
-  results = {"original": original, "arms": {}, "tolerance": args.tolerance, "table_k": k, "sets": sets}
-  pretrain_flops = _tokens_flops(dict(args.get("pretrain", {})), model)
-  retrain_flops = _tokens_flops(dict(args.get("retrain_run", {})), model) or pretrain_flops
-  results["flops"] = {"pretrain": pretrain_flops, "retrain": retrain_flops}
-  if args.get("retrain"):
-    retrain = _metrics(raw[args.retrain], sets, k)
-    results["retrain"] = retrain
-    results["proxy"] = {
-        "retrain_forget_ppl": retrain["forget_ppl"], "retrain_approximate_ppl": retrain["approximate_ppl"],
-        "original_forget_ppl": original["forget_ppl"], "original_approximate_ppl": original["approximate_ppl"],
-        "retrain_mia_auc": retrain.get("mia_auc"), "original_mia_auc": original.get("mia_auc")}
-  counts: dict[str, list[int]] = {}
-  for arm in args.arms:
-    arm = dict(arm)
-    entry = {**arm, **_metrics(raw[arm["name"]], sets, k)}
-    entry["flops"] = _tokens_flops(arm, model, methods.get(arm["method"]).reference)
-    entry["retrain_over_unlearn_flops"] = retrain_flops / entry["flops"] if retrain_flops else None
-    kept_knowledge = kept(entry, original, general, float(args.tolerance))
-    entry["success"] = kept_knowledge and entry["forget_ppl"] >= entry["approximate_ppl"]
-    if "retrain" in results:
-      entry["success_gold"] = kept_knowledge and entry["forget_ppl"] >= results["retrain"]["forget_ppl"]
-      entry["log_forget_ppl_gap_to_retrain"] = abs(math.log(entry["forget_ppl"]) -
-                                                   math.log(results["retrain"]["forget_ppl"]))
-    results["arms"][arm["name"]] = entry
-    counts.setdefault(arm["method"], [0, 0, 0])
-    counts[arm["method"]][0] += int(entry["success"])
-    counts[arm["method"]][1] += 1
-    counts[arm["method"]][2] += int(entry.get("success_gold", False))
-  results["robustness"] = {m: {"successes": s, "settings": n, **({"gold_successes": g} if "retrain" in results else {})}
-                           for m, (s, n, g) in counts.items()}
-  fractions = {m: s / n for m, (s, n, _) in counts.items()}
-  best = max(fractions.values(), default=0.0)
-  results["most_robust"] = [m for m, f in fractions.items() if best > 0 and f == best]
-  return results
+  return {"settings": {name: setting_results(dict(setting), context) for name, setting in dict(args.settings).items()},
+          "k": K}
 
 
-def _row(label: str, r: dict, sets, settings: list[str], tail: list[str]) -> str:
-  cells = [f"{r[f'{s}_ppl']:.2f}" for s in sets] + [f"{r[f'{s}_acc']:.3f}" for s in sets]
-  cells.append(f"{r['mia_auc']:.3f}" if r.get("mia_auc") is not None else "-")
-  return "| " + " | ".join([label] + settings + cells + tail) + " |"
+# ---------------------------------------------------------------- report.md
+
+
+def _fmt(value: float, spec: dict) -> str:
+  return f"{value:.3f}" if spec["kind"] in ("task", "mia", "bpb", "loss") else f"{value:.4g}"
+
+
+def _cell(summary: dict, spec: dict) -> str:
+  return stats.format_mean_se(summary[spec["key"]]["mean"], summary[spec["key"]]["se"])
+
+
+def setting_markdown(name: str, r: dict) -> str:
+  specs = r["metrics"]
+  lines = [f"### Setting: {name}", "",
+           f"Original and gold models ({r['seeds']} seed(s) each; mean ± standard error over seeds):", "",
+           "| model | " + " | ".join(s["label"] for s in specs) + " |", "|---|" + "---|" * len(specs)]
+  lines.append("| original | " + " | ".join(_cell(r["original"]["summary"], s) for s in specs) + " |")
+  if "gold" in r:
+    lines.append("| gold (without the forget data) | " + " | ".join(_cell(r["gold"]["summary"], s) for s in specs)
+                 + " |")
+  lines.append("")
+  if "checks" in r:
+    c = r["checks"]
+    lines.append(f"Band test (k = {r['k']:g}): every gold seed within the band: {_yes(c['gold_passes'])}; "
+                 f"every original seed outside it: {_yes(c['original_fails'])} (distances "
+                 + ", ".join(f"{x['distance']:.1f}" for x in c["original_seeds"]) + " se).")
+    for claim in r.get("claims", []):
+      lines.append(f"Claim `{claim['id']}` ({claim['statement']}): {claim['a_mean']:.3f} vs {claim['b_mean']:.3f}, "
+                   f"diff {claim['diff']:+.3f} ± {claim['se']:.3f} over {claim['n_seeds']} paired seeds: "
+                   f"**{claim['verdict']}**.")
+    lines.append("")
+    lines += ["| method | learning rates | within the gold band after the last epoch | closest to gold (LR, "
+              "epoch, distance in se) | " + " | ".join(f"closest: {s['label']}" for s in specs) + " |",
+              "|---|---|---|---|" + "---|" * len(specs)]
+    for m in r["methods"].values():
+      best = m["closest"]
+      lines.append(f"| {m['label']} | {', '.join(f'{x:g}' for x in m['lrs'])} | "
+                   f"{', '.join(f'{x:g}' for x in m['robust_lrs']) or 'none'} | "
+                   f"{best['lr']:g}, {best['epoch']:g}, {best['distance']:.1f}{' (within)' if best['success'] else ''}"
+                   " | " + " | ".join(_fmt(best["values"][s["key"]], s) for s in specs) + " |")
+    lines.append("")
+    lines.append("Most robust (most learning rates within the band): "
+                 + (", ".join(methods.get(m).label for m in r["most_robust"]) or "none") + ".")
+    lines.append("")
+  lines += ["Every run's final model:", "",
+            "| method | LR | epochs | steps | " + " | ".join(s["label"] for s in specs) +
+            " | distance (se) | retrain / unlearn FLOPs |", "|---|---|---|---|" + "---|" * (len(specs) + 2)]
+  for a in r["arms"].values():
+    final = a["final"]
+    ratio = a["retrain_over_unlearn_flops"]
+    cells = [_fmt(final["values"][s["key"]], s) + ("" if "within" not in final else
+                                                   (" ✓" if final["within"][s["key"]] else "")) for s in specs]
+    lines.append(f"| {methods.get(a['method']).label} | {a['lr']:g} | {a['epochs']:g} | {a['steps']} | "
+                 + " | ".join(cells) + f" | {final.get('distance', float('nan')):.1f} | "
+                 + (f"{ratio:.3g}" if ratio else "-") + " |")
+  lines.append("")
+  lines.append("✓: within the gold band on that metric.")
+  return "\n".join(lines) + "\n"
 
 
 def markdown(results: dict) -> str:
-  sets, k = results["sets"], results["table_k"]
-  head = (["model", "LR", "epochs", "steps"] + [f"{s} ppl" for s in sets] + [f"{s} acc" for s in sets] +
-          [f"MIA AUC (K={k}%)", "retrain / unlearn FLOPs", "success (proxy / gold)"])
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  lines.append(_row("original", results["original"], sets, ["-"] * 3, ["-", "-"]))
-  if "retrain" in results:
-    lines.append(_row("retrain (gold)", results["retrain"], sets, ["-"] * 3, ["-", "-"]))
-  for r in results["arms"].values():
-    ratio = r["retrain_over_unlearn_flops"]
-    lines.append(_row(methods.get(r["method"]).label, r, sets, [f"{r['lr']:g}", str(r["epochs"]), str(r["steps"])],
-                      [f"{ratio:.3g}" if ratio else "-", _yes(r["success"]) + (
-                          f" / {_yes(r['success_gold'])}" if "success_gold" in r else "")]))
-  lines.append("")
-  gold = " (gold: forget ppl >= the retrained model's)" if "retrain" in results else ""
-  lines.append("Success: forget ppl >= approximate ppl" + gold + ", and approximate and general ppl within "
-               f"{results['tolerance']:.0%} of the original's. Robustness (proxy successes / settings"
-               + (", gold successes" if gold else "") + "): " +
-               ", ".join(f"{methods.get(m).label} {v['successes']}/{v['settings']}" +
-                         (f", {v['gold_successes']}" if gold else "") for m, v in results["robustness"].items()) + ".")
-  return "\n".join(lines) + "\n"
+  return "\n".join(setting_markdown(name, r) for name, r in results["settings"].items())
 
 
 def _yes(flag: bool) -> str:
   return "yes" if flag else "no"
 
 
-def plot(results: dict, path: str, general: str) -> None:
-  """Forget vs general perplexity across learning rates, one line per method, one panel per epoch count."""
+# ---------------------------------------------------------------- plots
+
+
+def plot(r: dict, path: str, title: str) -> None:
+  """One panel per method: (forget metric, utility metric) after every epoch, one line per learning rate from
+  the original model; the gold band as a box (mean ± k se on each axis)."""
   from yijax.analysis import plots
   from yijax.analysis.plots import figures as plt
+  from matplotlib.patches import Rectangle
 
-  arms = list(results["arms"].values())
-  epochs = sorted({a["epochs"] for a in arms})
-  fig, axes = plt.subplots(1, len(epochs), figsize=(5.5 * len(epochs), 4.5), squeeze=False)
-  for ax, epoch in zip(axes[0], epochs):
-    for method in methods.METHODS:
-      points = sorted((a["lr"], a["forget_ppl"], a[f"{general}_ppl"]) for a in arms
-                      if a["method"] == method and a["epochs"] == epoch)
-      if points:
-        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", label=methods.get(method).label)
-    for label, key, marker in (("original", "original", "*"), ("retrain", "retrain", "P")):
-      if key in results:
-        ax.scatter([results[key]["forget_ppl"]], [results[key][f"{general}_ppl"]], marker=marker, s=150,
-                   color="black", zorder=5, label=label)
-    ax.axvline(results["original"]["approximate_ppl"], color="gray", ls="--", label="original approximate ppl")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("forget perplexity")
-    ax.set_ylabel(f"{general} perplexity")
-    ax.set_title(f"{epoch} epoch(s); points: learning rates (low to high)")
-  axes[0][-1].legend(fontsize=7)
+  x_key, y_key = r["forget_metric"], r["utility_metric"]
+  labels = {s["key"]: s["label"] for s in r["metrics"]}
+  methods_here = list(r["methods"])
+  cols = min(4, len(methods_here))
+  rows = -(-len(methods_here) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+  start = (r["original"]["summary"][x_key]["mean"], r["original"]["summary"][y_key]["mean"])
+  for ax, method in zip(axes.flat, methods_here):
+    for arm in (a for a in r["arms"].values() if a["method"] == method):
+      xs = [start[0]] + [p["values"][x_key] for p in arm["points"]]
+      ys = [start[1]] + [p["values"][y_key] for p in arm["points"]]
+      ax.plot(xs, ys, marker="o", ms=3, label=f"LR {arm['lr']:g}")
+    ax.scatter([start[0]], [start[1]], marker="*", s=120, color="black", zorder=5, label="original")
+    if "gold" in r:
+      g = r["gold"]["summary"]
+      gx, gy = g[x_key]["mean"], g[y_key]["mean"]
+      sx = K * math.sqrt(np.nanstd(r["gold"]["values"][x_key], ddof=1) ** 2 + np.mean(r["gold"]["se"][x_key]) ** 2)
+      sy = K * math.sqrt(np.nanstd(r["gold"]["values"][y_key], ddof=1) ** 2 + np.mean(r["gold"]["se"][y_key]) ** 2)
+      ax.add_patch(Rectangle((gx - sx, gy - sy), 2 * sx, 2 * sy, color="gold", alpha=0.35, label="gold band"))
+      ax.scatter([gx], [gy], marker="P", s=100, color="darkgoldenrod", zorder=5, label="gold")
+    ax.set_title(methods.get(method).label, fontsize=9)
+    ax.set_xlabel(labels[x_key], fontsize=8)
+    ax.set_ylabel(labels[y_key], fontsize=8)
+  for ax in list(axes.flat)[len(methods_here):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=6)
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  plots.save(fig, path, dpi=120)
+  plots.save(fig, path, dpi=110)
 
 
 def write_report(args, stage_dir: str, context) -> dict:
-  """results.json, report.md and forget_vs_general.png in the study dir."""
+  """results.json, report.md and paths_<setting>.png in the study dir."""
   results = build_results(args, context)
   paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
   text = markdown(results)
   paths.write_text(paths.join(context.workdir, "report.md"), text)
-  plot(results, paths.join(context.workdir, "forget_vs_general.png"), args.general_set)
+  for name, r in results["settings"].items():
+    plot(r, paths.join(context.workdir, f"paths_{name}.png"),
+         f"{name}: each method's path over epochs from the original model (gold band shaded)")
   log.info(text)
-  return {"arms": len(results["arms"]), "most_robust": results["most_robust"]}
+  return {name: {"most_robust": r.get("most_robust"), "arms": len(r["arms"])}
+          for name, r in results["settings"].items()}

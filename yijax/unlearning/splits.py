@@ -75,6 +75,14 @@ def embedded_sets(budgets: Mapping[str, int], code_doc_bytes=(1000, 20000),
   return sets
 
 
+def embedded_prose(budgets: Mapping[str, int], doc_bytes=(500, 40000)) -> dict[str, list[tuple[str, str]]]:
+  """PROSE_SETS of the embedded prose (Python documentation topics) alone, filled to their byte budgets."""
+  missing = [name for name in PROSE_SETS if name not in budgets]
+  if missing:
+    raise DataError(f"byte budgets are missing for {missing}")
+  return _deal(_ordered("python_docs", *doc_bytes), {n: budgets[n] for n in PROSE_SETS}, "python_docs")
+
+
 def write_jsonl(sets: Mapping[str, list[tuple[str, str]]], out_dir: str) -> dict[str, str]:
   """OUT/<set>.jsonl ({"id", "text"} per line) for every set (OUT local or gs://); returns {set: path}."""
   paths.makedirs(out_dir)

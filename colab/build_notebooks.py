@@ -232,9 +232,11 @@ STABILITY_GAP = study_notebook(
 
 UNLEARNING = study_notebook(
     "unlearning.ipynb", "Machine unlearning of a pretrained model (Yao et al., ACL 2024)",
-    "A tiny Yi-architecture model pretrained over seen code and prose unlearns a forget set of modules with "
-    "the gradient-ascent family of methods; perplexity and accuracy on forget, approximate, retain and general "
-    "sets and Min-K% membership inference before and after, against a model retrained without the forget set.",
+    "Two settings: a tiny Yi-architecture model pretrained on code and prose unlearns a few code modules, and a "
+    "model that learned facts about synthetic people unlearns a few dozen of them, with the gradient-ascent "
+    "family of methods. Success is being indistinguishable from gold models trained without the forget data "
+    "(their seed band) on forget, retain, general and membership-inference metrics; each method's path over "
+    "epochs is plotted against the gold band.",
     ["unlearning"], data_dir_override=False)
 
 GROWTH = study_notebook(

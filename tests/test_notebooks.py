@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
 EXECUTED_ELSEWHERE = {"growth.ipynb": "tests/studies/test_growth_studies.py",
                       "checkpoint_dynamics.ipynb": "tests/studies/test_checkpoint_dynamics_study.py",
-                      "stability_gap.ipynb": "tests/studies/test_stability_gap_study.py"}
+                      "stability_gap.ipynb": "tests/studies/test_stability_gap_study.py",
+                      "unlearning.ipynb": "tests/unlearning/test_study.py"}
 
 
 def _builder():

@@ -121,7 +121,8 @@ def _unlearn(model, prepared: str, method: str, original, lr: float, epochs: int
   optimizer (AdamW, HF cosine with 3% warmup, no weight decay)."""
   forget_rows = rows // (2 if methods.get(method).retain else 1)
   overrides = methods.run_overrides(method, original, lr, epochs, 0, forget_rows)
-  overrides.update({"train.batch_size": rows, "train.seq_len": chunk_len, "data.chunked.save_every_epoch": True, "optimizer.schedule": "hf_cosine",
+  overrides.update({"train.batch_size": rows, "train.seq_len": chunk_len, "data.chunked.save_every_epoch": True,
+                    "optimizer.schedule": "hf_cosine",
                     "optimizer.warmup_ratio": 0.03, "optimizer.weight_decay": 0.0, "optimizer.b2": 0.999,
                     "optimizer.clip_norm": 1.0, **(extra or {})})
   config = base_config("tiny")
@@ -242,6 +243,13 @@ def _small_scale(name: str) -> ml_collections.ConfigDict:
   return study
 
 
+def _paper_pretrain_flops() -> float:
+  """Training FLOPs of Yi-6B's pretraining (3.1T tokens at 4,096): what retraining without the forget set costs."""
+  from yijax.train import flops
+
+  return float(PAPER["pretrain_tokens"] * flops.train_flops_per_token(presets.get("yi_6b"), PAPER["chunk_len"]))
+
+
 def _paper() -> ml_collections.ConfigDict:
   scale = PAPER
   study = common.new_study("unlearning", "paper", {"seeds": 1})
@@ -268,7 +276,7 @@ def _paper() -> ml_collections.ConfigDict:
       "args": {"settings": {"code": {"evaluate_stage": "evaluate", "original": "original", "gold": "",
                                      "metrics": metrics, "forget_metric": "forget_loss",
                                      "utility_metric": "retain_loss", "arms": arms,
-                                     "retrain_flops": 0}}}})
+                                     "retrain_flops": _paper_pretrain_flops()}}}})
   return study
 
 

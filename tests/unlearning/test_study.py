@@ -1,57 +1,66 @@
-"""The unlearning study end to end at smoke scale through the study runner, and the paper plan.
-
-In-process (no `yijax experiment` subprocess: the CLI path is tests/studies/test_runner.py's) and two of
-the smoke scale's three arms: ascent + descent (paired retain rows, per-sequence factors) and ascent + KL
-to the general set (the frozen reference model inside the step); plain ascent differs from the first only
-in its objective, which tests/unlearning/test_objectives.py checks against numpy.
-"""
+"""The unlearning study end to end at smoke scale (both settings, two seeds of the original and gold models,
+three methods; colab/unlearning.ipynb runs it, the notebook's CI execution), and the paper plan."""
 
 import json
+import math
+import os
 
 import pytest
 
-from yijax import configlib
+from yijax import cli, configlib
 from yijax.studies import runner
 
-CONFIG = "experiments/unlearning/config.py"
-ARMS = ("ga_gd_in_lr0_ep2", "ga_kl_general_lr0_ep2")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = f"{ROOT}/experiments/unlearning/config.py"
+METHODS = ("ga", "ga_gd_in", "ga_kl_general")
 
 
-def _smoke_study():
-  study = configlib.load_config(f"{CONFIG}:smoke")
-  with study.unlocked():
-    del study.stages["ga_lr0_ep2"]
-    del study.stages.evaluate.args.models["ga_lr0_ep2"]
-    study.stages.evaluate.depends_on = [d for d in study.stages.evaluate.depends_on if d != "ga_lr0_ep2"]
-    study.stages.report.args.arms = [a for a in study.stages.report.args.arms if a["name"] in ARMS]
-  return study
+def test_unlearning_notebook_runs_the_smoke_study(tmp_path, monkeypatch, prepared_data, capsys):
+  from conftest import execute_notebook, notebook_images
 
-
-def test_smoke_study_writes_results_report_and_plot(tmp_path):
-  study = _smoke_study()
-  first = runner.run_study(study, str(tmp_path))
-  assert {"data", "pretrain", "retrain", *ARMS, "evaluate", "report"} == set(first["ran"])
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert set(results["arms"]) == set(ARMS)
-  assert [results["arms"][a]["steps"] for a in ARMS] == [4, 4]  # 32 forget chunks, 4 per step (paired), 2 epochs
-  data = first["summaries"]["data"]["sets"]
-  assert data["retrain"]["tokens"] == data["pretrain"]["tokens"] - data["forget"]["tokens"] > 0  # gold: no forget set
-  assert dict(study.stages.retrain.run.data.sources) == {"retrain": 1.0}
-  original = results["original"]
-  for row in [original, results["retrain"], *results["arms"].values()]:
-    assert all(row[f"{s}_ppl"] > 1 and 0 <= row[f"{s}_acc"] <= 1 for s in results["sets"])
-    assert 0.5 <= row["mia_auc"] <= 1 and set(row["mia_auc_by_k"]) == {"30", "40", "50", "60", "100"}
-  for arm in results["arms"].values():
-    assert arm["retrain_over_unlearn_flops"] > 1
-    assert arm["forget_ppl"] > original["forget_ppl"]  # the ascent raised the forget loss
-  kl = results["arms"]["ga_kl_general_lr0_ep2"]
-  assert kl["flops"] > results["arms"]["ga_gd_in_lr0_ep2"]["flops"]  # + the reference model's forward passes
-  assert results["proxy"]["retrain_forget_ppl"] == results["retrain"]["forget_ppl"]
-  assert set(results["robustness"]) == {"ga_gd_in", "ga_kl_general"}
-  report = (tmp_path / "report.md").read_text()
-  assert "retrain (gold)" in report and "ascent + KL (general)" in report
-  assert (tmp_path / "forget_vs_general.png").stat().st_size > 1000
-  assert runner.run_study(study, str(tmp_path))["ran"] == []  # resumes: every stage done
+  notebook = execute_notebook(os.path.join(ROOT, "colab", "unlearning.ipynb"), tmp_path, monkeypatch, prepared_data)
+  assert notebook_images(notebook) >= 2
+  workdir = tmp_path / "runs" / "colab-unlearning-smoke"
+  assert {"paths_code.png", "paths_entity.png", "report.md", "results.json"} <= set(os.listdir(workdir))
+  results = json.load(open(workdir / "results.json"))
+  done = lambda stage: json.load(open(workdir / stage / "DONE.json"))["summary"]  # noqa: E731
+  code_sets, ent_sets = done("code_data")["sets"], done("ent_data")["sets"]
+  # gold models: the code gold never reads the forget modules; the entity gold's injection has no forget people
+  assert code_sets["retrain"]["tokens"] == code_sets["pretrain"]["tokens"] - code_sets["forget"]["tokens"] > 0
+  gold_config = json.load(open(workdir / "ent_gold" / "seed1" / "config.json"))
+  original_config = json.load(open(workdir / "ent_original" / "seed1" / "config.json"))
+  assert "forget" not in gold_config["data"]["sources"] and "forget" in original_config["data"]["sources"]
+  assert gold_config["train"]["init_from"].endswith("ent_pretrain/seed1")  # paired seeds share a pretraining
+  retain_tokens = [c["train"]["steps"] * c["data"]["sources"]["retain"] for c in (original_config, gold_config)]
+  assert retain_tokens[0] == pytest.approx(retain_tokens[1], rel=0.1)  # the same retain tokens in both
+  tasks = done("ent_data")["tasks"]
+  assert tasks["forget_qa"]["items"] == 4 * 4 and tasks["retain_qa"]["items"] == 4 * 4
+  for name, setting in results["settings"].items():
+    sets = code_sets if name == "code" else ent_sets
+    assert setting["seeds"] == 2 and set(setting["methods"]) == set(METHODS)
+    for key, values in setting["gold"]["values"].items():
+      assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    assert setting["checks"]["gold_passes"]  # the band test's construction: every gold seed passes
+    for arm in setting["arms"].values():
+      config = json.load(open(workdir / arm["name"] / "config.json"))
+      rows = config["train"]["batch_size"] // (2 if config["data"]["chunked"]["paired_source"] else 1)
+      per_epoch = -(-sets["forget"]["chunks"] // rows)  # every forget chunk, every epoch
+      assert arm["steps"] == 2 * per_epoch and [p["step"] for p in arm["points"]] == [per_epoch, 2 * per_epoch]
+      assert [p["epoch"] for p in arm["points"]] == [1, 2] and arm["final"] == arm["points"][-1]
+      assert set(arm["final"]["within"]) == {m["key"] for m in setting["metrics"]}
+      assert arm["retrain_over_unlearn_flops"] > 0
+    ascent = setting["arms"][f"{'code' if name == 'code' else 'ent'}_ga_lr0"]["final"]["values"]
+    assert ascent["forget_loss"] > setting["original"]["summary"]["forget_loss"]["mean"]  # ascent raised it
+    closest = setting["methods"]["ga_gd_in"]["closest"]
+    assert closest["distance"] == min(p["distance"] for a in setting["arms"].values()
+                                      if a["method"] == "ga_gd_in" for p in a["points"])
+  entity = results["settings"]["entity"]
+  assert {"forget_qa", "retain_qa", "approximate_qa", "general_bpb", "mia_auc"} <= set(entity["gold"]["values"])
+  report = open(workdir / "report.md").read()
+  assert "### Setting: code" in report and "### Setting: entity" in report and "gold band" in report
+  capsys.readouterr()
+  assert cli.main(["yijax", "experiment", f"--config={CONFIG}:smoke", f"--workdir={workdir}"]) == 0
+  assert "ran nothing" in capsys.readouterr().out  # every stage resumes as done
 
 
 def test_paper_dry_run_plans_the_reference_recipe(tmp_path):
@@ -61,19 +70,25 @@ def test_paper_dry_run_plans_the_reference_recipe(tmp_path):
   assert len(arms) == 7 and not (tmp_path / "data").exists()
   for arm in arms:
     assert arm["seq_len"] == 4096 and arm["batch_size"] == 680 and 6e9 < arm["model_params"] < 6.1e9
-    paired = arm["stage"].startswith(("ga_gd", "ga_kl"))  # 340 forget + 340 retain chunks per step
-    assert arm["steps"] == (8 if paired else 4)
   study = configlib.load_config(f"{CONFIG}:paper", {"paths.model": "/models/yi"})
-  run = study.stages.ga_kl_in_lr0_ep1.run
+  run = study.stages.ga_kl_in_lr0.run
   assert run.train.reference_from == "/models/yi" and run.train.init_from == "/models/yi"
   assert (run.optimizer.schedule, run.optimizer.warmup_ratio, run.optimizer.weight_decay, run.optimizer.lr) == (
       "hf_cosine", 0.03, 0.0, 2e-5)
   assert run.data.chunked.paired_source == "retain" and run.data.chunked.factor == -1.0
+  # every forget chunk (not a fixed count): one epoch, the steps counted from the data when the run starts
+  assert run.data.chunked.num_chunks == 0 and run.data.chunked.epochs == 1.0 and run.train.steps == 0
+  evaluate = study.stages.evaluate.args
+  assert list(evaluate.sets.forget) == ["forget", 0]
+  assert list(evaluate.sets.approximate) == ["approximate", 0]  # MIA: every forget chunk vs as many approximate
 
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu"], ids=["cpu_scale", "gpu_scale"])  # "gpu" alone marks a GPU test
 def test_scales_resolve(scale):
   study = configlib.load_config(f"{CONFIG}:{scale}")
-  arms = [n for n in study.stages if n not in ("data", "pretrain", "retrain", "evaluate", "report")]
-  assert len(arms) == 7 * 3 * 2
-  assert study.stages.evaluate.args.models.retrain == "{stage:retrain}"
+  arms = [n for n in study.stages if n.startswith(("code_", "ent_")) and n.rsplit("_", 1)[-1].startswith("lr")]
+  assert len(arms) == 2 * 7 * 4
+  assert {s for s in study.stages if study.stages[s].get("seeded")} == {
+      "code_original", "code_gold", "ent_pretrain", "ent_original", "ent_gold"}
+  assert study.study.seeds >= 2  # the gold band needs gold seeds
+  assert study.stages.ent_gold.run.train.steps < study.stages.ent_original.run.train.steps

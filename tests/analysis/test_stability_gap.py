@@ -6,25 +6,11 @@ import numpy as np
 import pytest
 
 from yijax.analysis import stability_gap as gap
-from yijax.analysis.stability_gap import gap_metrics
 from yijax.data import synthetic_worlds as worlds
 from yijax.eval import dense, multiple_choice
 from yijax.models.config import ConfigError
 from yijax.train import evaluation, layerwise
 from yijax.train.config import base_config
-
-
-def test_gap_metrics_of_a_v_shaped_curve():
-  tokens = np.arange(8) * 1000.0
-  accuracy = np.array([0.40, 0.33, 0.30, 0.36, 0.41, 0.47, 0.45, 0.44])
-  m = gap_metrics(tokens, accuracy, items=400)
-  assert m["dip"] == 0.30 and m["dip_tokens"] == 2000 and m["dip_depth"] == pytest.approx(0.10)
-  assert m["recovery_tokens"] == 4000 and m["peak"] == 0.47 and m["peak_tokens"] == 5000
-  assert m["final"] == 0.44 and m["gap"]  # 0.10 > 2 x sqrt(0.4 * 0.6 / 400)
-  flat = gap_metrics(tokens, np.array([0.4, 0.41, 0.42, 0.45, 0.44, 0.46, 0.47, 0.47]), items=400)
-  assert flat["dip_depth"] == 0.0 and flat["recovery_tokens"] == 0.0 and not flat["gap"]
-  never = gap_metrics(tokens[:4], np.array([0.5, 0.3, 0.35, 0.4]))
-  assert never["recovery_tokens"] is None and never["peak"] == 0.5
 
 
 def test_the_dip_is_read_from_the_seed_mean_against_the_start_band():

@@ -67,31 +67,6 @@ def stack(curves: list[dict]) -> dict[str, np.ndarray]:
   return out
 
 
-def gap_metrics(tokens: np.ndarray, values: np.ndarray, items: int | None = None) -> dict:
-  """start, dip (depth, value, tokens), recovery tokens, peak (value, tokens), final of one accuracy curve."""
-  ok = ~np.isnan(values)
-  tokens, values = np.asarray(tokens)[ok], np.asarray(values)[ok]
-  if len(values) < 2:
-    return {"start": float(values[0]) if len(values) else None, "points": int(len(values))}
-  start = float(values[0])
-  worst = 1 + int(np.argmin(values[1:]))
-  depth = max(start - float(values[worst]), 0.0)
-  recovery = 0.0 if depth == 0.0 else None
-  if depth:
-    later = np.nonzero(values[worst + 1:] >= start)[0]
-    if len(later):
-      recovery = float(tokens[worst + 1 + later[0]])
-  peak = int(np.argmax(values))
-  out = {"start": start, "dip": float(values[worst]), "dip_depth": depth,
-         "dip_tokens": float(tokens[worst]) if depth > 0 else None, "recovery_tokens": recovery,
-         "peak": float(values[peak]), "peak_tokens": float(tokens[peak]), "final": float(values[-1]),
-         "points": int(len(values))}
-  if items:
-    se = stats.binomial_se(start, items)
-    out.update(start_se=se, gap=bool(depth > 2 * se))
-  return out
-
-
 def accuracy_summary(tokens: np.ndarray, values: np.ndarray, items: int) -> dict:
   """The seed-mean curve's dip against the start band, recovery, peak and final, each with its se."""
   mean_tokens, mean = np.nanmean(tokens, axis=0), np.nanmean(values, axis=0)

@@ -197,7 +197,7 @@ def _code_setting(study, scale: dict) -> dict:
             {"bpb": ["general_eval"]})
   return {"evaluate_stage": "code_evaluate", "original": "code_original", "gold": "code_gold",
           "metrics": _code_metrics("retain_eval"), "forget_metric": "forget_loss", "utility_metric": "retain_loss",
-          "arms": arms}
+          "arms": arms, "matched": ["forget_loss", "approximate_loss"], "matched_expect": "a < b"}
 
 
 def _entity_setting(study, scale: dict) -> dict:
@@ -230,7 +230,8 @@ def _entity_setting(study, scale: dict) -> dict:
   _evaluate(study, "ent_evaluate", "ent_data", sets, chunk_len, True, ["ent_original", "ent_gold"], {}, arms,
             {"bpb": ["general_eval"], "tasks": tasks, "tokenizer": "{stage:ent_data}/tokenizer/tokenizer.model"})
   return {"evaluate_stage": "ent_evaluate", "original": "ent_original", "gold": "ent_gold",
-          "metrics": ENTITY_METRICS, "forget_metric": "forget_qa", "utility_metric": "retain_qa", "arms": arms}
+          "metrics": ENTITY_METRICS, "forget_metric": "forget_qa", "utility_metric": "retain_qa", "arms": arms,
+          "matched": ["forget_qa", "approximate_qa"], "matched_expect": "a > b"}
 
 
 def _small_scale(name: str) -> ml_collections.ConfigDict:

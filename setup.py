@@ -32,7 +32,10 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.45", "protobuf>=4.25", "lm_eval[hf]>=0.4.5",
                  "tokamax>=0.0.12", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-                 "gcsfs>=2024.2.0", "gcp-storage-emulator>=2026.7.19", "ruff>=0.6"],
+                 "gcsfs>=2024.2.0", "gcp-storage-emulator>=2026.7.19", "ruff>=0.6",
+                 # `yijax curate` (the [curate] extra), tested in CI
+                 "datatrove>=0.10.1", "fasttext-wheel>=0.9.2", "scikit-learn>=1.3", "orjson>=3.9"],
+        "curate": ["datatrove>=0.10.1", "fasttext-wheel>=0.9.2", "scikit-learn>=1.3", "orjson>=3.9"],
         "gcs": ["gcsfs>=2024.2.0"],
         "gpu": ["jax[cuda13]>=0.5.0", "tokamax>=0.0.12"],
         "tpu": ["jax[tpu]>=0.5.0", "gcsfs>=2024.2.0"],

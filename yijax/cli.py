@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("sample from a model dir or run dir (KV-cache decoding)", "generate"),
     "train": Command("train or resume a run: --config=FILE --workdir=DIR [--config.x=v]", "train"),
     "prepare": Command("raw text / JSONL / TFDS -> token-id ArrayRecord shards (parallel, resumable)", "prepare"),
+    "curate": Command("Yi's data cascade: heuristic rules, language id, learned scorers, exact / MinHash / "
+                      "sub-document dedup, clusters; kept/ + removed/ + report (resumable, datatrove)", "curate"),
     "tokenizer": Command("train: a sentencepiece tokenizer with Yi's settings (files / embedded corpus)", "tokenizer"),
     "eval": Command("perplexity / bits per byte on prepared data, multiple-choice accuracy", "eval"),
     "experiment": Command("run a study: every stage of experiments/<study>/config.py:<scale>, resumable",

@@ -241,10 +241,12 @@ UNLEARNING = study_notebook(
 
 GROWTH = study_notebook(
     "growth.ipynb", "Growing models in depth: Yi-9B depth up-scaling and G_stack",
-    "`depth_upscaling`: pretrain an 8-layer model, pick the block to duplicate by Yi's layer-cosine rule, grow "
-    "it to 12 layers and continue with batch growth on plateau. `growth`: G_stack (Du et al. 2024), a small "
-    "model stacked in depth at several growth points, its loss against FLOPs compared with training the target "
-    "from scratch.", ["depth_upscaling", "growth"], data_dir_override=True)
+    "`depth_upscaling`: pretrain an 8-layer source to a held-out plateau, grow it to 12 layers by Yi's "
+    "layer-cosine rule and by SOLAR's order, continue with batch growth on plateau for a fixed number of tokens, "
+    "and compare with the source continued and with 12 layers trained from scratch. `growth`: G_stack (Du et al. "
+    "2024), a small model stacked 4x in depth after 5% or 10% of the tokens (and G_random), its speedup to "
+    "scratch's final loss. Both over paired seeds, every comparison a computed claim.",
+    ["depth_upscaling", "growth"], data_dir_override=True)
 
 NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "checkpoint_dynamics.ipynb": CHECKPOINT_DYNAMICS,
              "stability_gap.ipynb": STABILITY_GAP, "unlearning.ipynb": UNLEARNING, "growth.ipynb": GROWTH}

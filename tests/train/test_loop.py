@@ -198,6 +198,23 @@ def test_batch_grows_when_the_held_out_loss_stalls(tmp_path, prepared_data):
   assert sizes == [8, 8, 8, 8, 16, 16, 32, 32]
 
 
+def test_a_token_budget_ends_the_run_that_batch_growth_would_stretch(tmp_path, prepared_data):
+  """train.max_tokens: the run ends (final evaluation, checkpoint) after the step that reaches the budget, before
+  train.steps when the batch has grown; resumed, it is finished."""
+  run = tmp_path / "budget"
+  overrides = {"train.steps": 12, "eval.batches": 1, "eval.every_steps": 2, "train.batch_growth.factor": 2,
+               "train.batch_growth.patience": 1, "train.batch_growth.min_delta": 100.0}
+  first = loop.train(_config(prepared_data, **overrides), str(tmp_path / "unbounded"))
+  budget = first["tokens_seen"] // 2
+  result = loop.train(_config(prepared_data, **overrides, **{"train.max_tokens": budget}), str(run))
+  rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert rows[-1]["tokens_seen"] >= budget > rows[-2]["tokens_seen"] and result["step"] == rows[-1]["step"] < 12
+  assert json.loads(open(run / "eval.jsonl").readlines()[-1])["step"] == result["step"]
+  assert (run / "checkpoints" / str(result["step"])).is_dir()
+  again = loop.train(_config(prepared_data, **overrides, **{"train.max_tokens": budget}), str(run))
+  assert again["step"] == result["step"] and len(open(run / "metrics.jsonl").readlines()) == len(rows)
+
+
 def test_a_fresh_run_continues_another_runs_data_stream(tmp_path, prepared_data):
   """init_from + init_data_state_from a step-4 checkpoint, LR 0: step 1 sees the straight run's batch 5."""
   straight = tmp_path / "straight"

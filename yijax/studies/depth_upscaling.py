@@ -8,8 +8,9 @@ import numpy as np
 
 from yijax import models, paths, surgery
 from yijax.analysis import layer_cosine
-from yijax.analysis import growth, plots
+from yijax.analysis import growth
 from yijax.studies import common
+from yijax.errors import YijaxError
 from yijax.models.config import ConfigError
 from yijax.train import flops, params_io
 
@@ -29,8 +30,33 @@ def import_stage(args, stage_dir, context) -> dict:
   return {"layers": config.num_layers, "params": models.param_count(config)["total"]}
 
 
+def candidate_blocks(per_layer, size: int, exclude_first: int, exclude_last: int) -> list[dict]:
+  """Every contiguous block of `size` layers inside [exclude_first, L - exclude_last), with its mean cosine."""
+  last = len(per_layer) - exclude_last
+  return [{"block": [start, start + size], "mean_cosine": float(np.mean(per_layer[start:start + size]))}
+          for start in range(exclude_first, last - size + 1)]
+
+
+def plateau(run_dir: str, window: float) -> dict:
+  """How much the source's held-out loss still fell over the last `window` of its pretraining steps: the loss
+  at the last evaluation against the one at (1 - window) of the run, relative."""
+  records = [json.loads(line) for line in paths.read_text(paths.join(run_dir, "eval.jsonl")).splitlines()
+             if line.strip()]
+  evals = [(int(r["step"]), float(r["loss"])) for r in records if "loss" in r]
+  last_step, last_loss = evals[-1]
+  cut = (1 - window) * last_step
+  start_step, start_loss = min(evals, key=lambda e: (abs(e[0] - cut), e[0]))
+  return {"window": window, "from_step": start_step, "to_step": last_step, "from_loss": start_loss,
+          "to_loss": last_loss, "relative_improvement": (start_loss - last_loss) / start_loss}
+
+
+class SourceStillImproving(YijaxError, RuntimeError):
+  """The source has not reached a held-out plateau: growing it cannot answer what depth buys a saturated model."""
+
+
 def cosine_stage(args, stage_dir, context) -> dict:
-  """Layer cosine at every kept checkpoint of a run (or of one model), and the blocks each policy picks."""
+  """Layer cosine at every kept checkpoint of a run (or of one model), the candidate blocks and the block each
+  policy picks; for a run, the plateau gate on its held-out loss (args.plateau: window, tolerance, enforce)."""
   from yijax.data.tokenizer import Tokenizer
   from yijax.eval import checkpoints
 
@@ -50,10 +76,28 @@ def cosine_stage(args, stage_dir, context) -> dict:
     config, params = params_io.load_model(args.source)
     metrics = checkpoints.layer_cosine_metrics(config, params, Tokenizer(location.tokenizer))
     per_layer = [v for k, v in metrics.items() if k.startswith("layer/")]
-  blocks = {arm: list(surgery.select_block(per_layer, args.block_size, policy)) for arm, policy in args.policies.items()}
+  first, last = int(args.get("exclude_first", 1)), int(args.get("exclude_last", 2))
+  blocks = {arm: list(surgery.select_block(per_layer, args.block_size, policy, first, last))
+            for arm, policy in args.policies.items()}
   middle = list(surgery.select_block(per_layer, args.block_size, "middle"))
-  return {"per_layer": per_layer, "model_level": layer_cosine.model_level_cosine(per_layer), "trend": trend,
-          "blocks": blocks, "middle": middle}
+  analogue = list(args.get("yi_analogue") or [])
+  candidates = [dict(c, yi_analogue=c["block"] == analogue, middle=c["block"] == middle)
+                for c in candidate_blocks(per_layer, args.block_size, first, last)]
+  summary = {"per_layer": per_layer, "model_level": layer_cosine.model_level_cosine(per_layer), "trend": trend,
+             "blocks": blocks, "middle": middle, "yi_analogue": analogue, "candidates": candidates}
+  gate = dict(args.get("plateau") or {})
+  if gate and paths.exists(paths.join(args.source, "eval.jsonl")):
+    found = plateau(args.source, gate["window"])
+    found.update(tolerance=gate["tolerance"], passed=found["relative_improvement"] <= gate["tolerance"])
+    summary["plateau"] = found
+    log.info(f"plateau gate: {json.dumps(found)}")
+    if not found["passed"] and gate.get("enforce"):
+      raise SourceStillImproving(
+          f"the source's held-out loss still fell {found['relative_improvement']:.2%} over the last "
+          f"{gate['window']:.0%} of pretraining ({found['from_loss']:.4f} at step {found['from_step']} -> "
+          f"{found['to_loss']:.4f} at step {found['to_step']}; tolerance {gate['tolerance']:.2%}): it has not reached "
+          "a plateau. Pretrain longer (--config.study.pretrain_steps) and rerun with a new --workdir")
+  return summary
 
 
 def _held_out(run_dir: str, max_batches: int):
@@ -74,10 +118,16 @@ def _score(path: str, batches, byte_lengths) -> dict:
   return {"loss": result["loss"], "bits_per_byte": result["bits_per_byte"]}
 
 
+def _own_summary(context, name: str) -> dict:
+  """Stage `name`'s summary: this seed's instance inside a seeded stage, else the stage's one."""
+  seeded = f"{name}/seed{context.seed}"
+  return context.summaries[seeded] if context.seed is not None and seeded in context.summaries else context.summaries[name]
+
+
 def grow_stage(args, stage_dir, context) -> dict:
   """One grown model dir per arm (block duplicated right after itself), scored before and after growth
   (grown in a local directory and copied up when the stage dir is a gs:// URL)."""
-  blocks = dict(args.blocks) or context.summaries["cosine"]["blocks"]
+  blocks = dict(args.blocks) or _own_summary(context, "cosine")["blocks"]
   num_layers = params_io.read_model_config(args.source).num_layers
   held_out = _held_out(args.source, args.eval_batches) if args.eval_batches else None
   summary = {"source": _score(args.source, *held_out) if held_out else {}}
@@ -102,74 +152,34 @@ def _batch_sizes(run_dir: str) -> list[list[float]]:
 
 
 def report_stage(args, stage_dir, context) -> dict:
-  grown = context.summaries["grow"]
-  cosine = context.summaries["cosine"]
-  arms = {}
-  for arm in args.arms:
-    run_dir = context.stage_dir(f"continue_{arm}")
-    config = params_io.read_model_config(run_dir)
-    seq_len = paths.read_json(paths.join(run_dir, "config.json"), "the run config")["train"]["seq_len"]
-    curve = growth.eval_curve(run_dir, flops.train_flops_per_token(config, seq_len))
-    start = grown["source"] if arm == "control" else grown[arm]
-    arms[arm] = {"layers": config.num_layers, "block": grown.get(arm, {}).get("block"),
-                 "loss_after_growth": start["loss"], "bpb_after_growth": start["bits_per_byte"],
-                 "curve": curve, "batch_sizes": _batch_sizes(run_dir)}
-  common = min(a["curve"].tokens[-1] for a in arms.values())
-  for a in arms.values():
-    curve = a.pop("curve")
-    tokens, loss = np.concatenate([[0.0], curve.tokens]), np.concatenate([[a["loss_after_growth"]], curve.loss])
-    a.update({"final_tokens": float(curve.tokens[-1]), "final_loss": float(curve.loss[-1]),
-              "final_bpb": float(curve.bits_per_byte[-1]), "loss_at_common_tokens": growth.value_at(tokens, loss, common),
-              "curve": {"tokens": tokens.tolist(), "loss": loss.tolist()}})
-  results = {"source_loss": grown["source"]["loss"], "source_bpb": grown["source"]["bits_per_byte"],
-             "per_layer_cosine": cosine["per_layer"], "model_level_cosine": cosine["model_level"],
-             "rule_block": cosine["blocks"].get("max_cosine"), "middle_block": cosine["middle"],
-             "rule_picked_middle": cosine["blocks"].get("max_cosine") == cosine["middle"],
-             "cosine_trend": [[t["tokens"], t["model_level"]] for t in cosine["trend"]],
-             "common_tokens": common, "arms": arms}
+  """results.json, report.md and the PNGs over seeds (yijax/analysis/depth_upscaling.py)."""
+  from yijax.analysis import depth_upscaling as analysis
+
+  seeds = []
+  for seed, pretrain_dir in enumerate(context.stage_dirs("pretrain")):
+    runs = {arm: context.stage_dirs(f"continue_{arm}")[seed] for arm in args.arms}
+    scratch_dir = context.stage_dirs(args.scratch)[seed]
+    seeds.append({
+        "cosine": context.seed_summaries("cosine")[seed], "grow": context.seed_summaries("grow")[seed],
+        "pretrain_tokens": float(growth.tokens_by_step(pretrain_dir)[max(growth.tokens_by_step(pretrain_dir))]),
+        "continued": {arm: _continued(run_dir) for arm, run_dir in runs.items()},
+        "scratch": _curve(scratch_dir)})
+  results = analysis.analyze(seeds, list(args.grown), args.scratch)
+  results["scale"] = context.study.get("scale")
   paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
-  lines = _table(results)
+  lines = analysis.table(results)
   paths.write_text(paths.join(context.workdir, "report.md"), "\n".join(lines) + "\n")
   log.info("\n".join(lines))
-  _plots(results, context.workdir)
-  return {"rule_block": results["rule_block"], "arms": list(arms)}
+  analysis.plots(results, context.workdir)
+  return {"seeds": len(seeds), "verdicts": {c["id"]: c["verdict"] for c in results["claims"]}}
 
 
-def _table(results) -> list[str]:
-  def block(b):
-    return "-" if b is None else f"{b[0]}..{b[1] - 1}" + (" (middle)" if b == results["middle_block"] else "")
-
-  lines = [f"Source (8 layers): held-out loss {results['source_loss']:.4f}, bits/byte {results['source_bpb']:.4f}. "
-           f"Yi's rule picked layers {block(results['rule_block'])}; per-layer cosine "
-           + ", ".join(f"{c:.3f}" for c in results["per_layer_cosine"]) + ".", "",
-           f"| arm | duplicated | loss right after growth | loss at {results['common_tokens']:,.0f} tokens | "
-           "final tokens | final loss | final bits/byte | batch sizes |", "|---|---|---|---|---|---|---|---|"]
-  for arm, a in results["arms"].items():
-    at = a["loss_at_common_tokens"]
-    lines.append(f"| {arm} ({a['layers']}L) | {block(a['block'])} | {a['loss_after_growth']:.4f} | "
-                 f"{'-' if at is None else f'{at:.4f}'} | {a['final_tokens']:,.0f} | {a['final_loss']:.4f} | "
-                 f"{a['final_bpb']:.4f} | {' -> '.join(str(int(b)) for _, b in a['batch_sizes'])} |")
-  return lines
+def _curve(run_dir: str) -> dict:
+  config = params_io.read_model_config(run_dir)
+  seq_len = paths.read_json(paths.join(run_dir, "config.json"), "the run config")["train"]["seq_len"]
+  curve = growth.eval_curve(run_dir, flops.train_flops_per_token(config, seq_len))
+  return {"layers": config.num_layers, **curve.to_json()}
 
 
-def _plots(results, workdir) -> None:
-  from yijax.analysis.plots import figures as plt
-
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-  trend = [(t, v) for t, v in results["cosine_trend"] if v is not None]
-  if trend:
-    left.plot(*zip(*trend), marker="o")
-  left.set(xlabel="pretraining tokens", ylabel="model-level layer cosine", title="layer cosine over pretraining")
-  if trend and trend[0][0] > 0 and trend[-1][0] / trend[0][0] > 20:
-    left.set_xscale("log")
-  right.bar(range(len(results["per_layer_cosine"])), results["per_layer_cosine"])
-  right.set(xlabel="layer", ylabel="mean cosine(input, output)", title="per layer, final checkpoint")
-  fig.tight_layout()
-  plots.save(fig, paths.join(workdir, "layer_cosine.png"), dpi=100)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for arm, a in results["arms"].items():
-    ax.plot(a["curve"]["tokens"], a["curve"]["loss"], marker=".", label=f"{arm} ({a['layers']}L)")
-  ax.set(xlabel="tokens after growth", ylabel="held-out loss", title="continual pretraining after growth")
-  ax.legend()
-  fig.tight_layout()
-  plots.save(fig, paths.join(workdir, "loss_vs_tokens.png"), dpi=100)
+def _continued(run_dir: str) -> dict:
+  return {**_curve(run_dir), "batch_sizes": _batch_sizes(run_dir)}

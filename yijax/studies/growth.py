@@ -1,4 +1,10 @@
-"""Stages of the G_stack study: grow each arm's small model, then the report (results.json, report.md, PNGs)."""
+"""Stages of the G_stack study (experiments/growth): grow each arm's small model, then the report over seeds.
+
+  grow_stage    (seeded) each arm's grown model dir from its seed's small model checkpoint at d
+  report_stage  results.json, report.md, growth.png: each arm's final loss against scratch at the same total
+                tokens D, and its speedup (tokens and FLOPs to reach scratch's seed-mean final loss, the
+                small model's included) per seed against the scratch seed mean, as computed claims
+"""
 
 import json
 import logging
@@ -6,26 +12,29 @@ import logging
 import numpy as np
 
 from yijax import paths, surgery
-from yijax.analysis import growth, plots
+from yijax.analysis import growth, plots, stats
 from yijax.studies import common
 from yijax.train import flops, params_io
 
 log = logging.getLogger(__name__)
 
 ORDERS = {"stack": surgery.stack_order, "interpolation": surgery.interpolation_order}
+LABELS = {"g4_d5": "G_stack d=5%", "g4_d10": "G_stack d=10%", "random_g4_d10": "G_random d=10%"}
 
 
 def grow_stage(args, stage_dir, context) -> dict:
-  """Each arm's grown model dir, from its small model's checkpoint at the growth point d (grown in a local
-  directory and copied up when the stage dir is a gs:// URL)."""
+  """Each arm's grown model dir, from this seed's small model at its growth point d (grown in a local
+  directory and copied up when the stage dir is a gs:// URL). G_random's new layers are drawn with the seed."""
   summary = {}
+  seed = context.seed or 0
   for arm, spec in args.arms.items():
     small_layers = params_io.read_model_config(spec.source).num_layers
     order = ORDERS[spec.order](small_layers, spec.times)
     with common.local_stage_dir(paths.join(stage_dir, arm), replace=True) as out:
-      made = surgery.grow_model_dir(spec.source, out, order, spec.new_layers, overwrite=True)
+      made = surgery.grow_model_dir(spec.source, out, order, spec.new_layers, seed=seed, overwrite=True)
     summary[arm] = {"order": order, "new_layers": spec.new_layers, "small_layers": small_layers,
-                    "layers": made["layers"], "small_stage": spec.small_stage, "d_steps": spec.d_steps}
+                    "layers": made["layers"], "small_stage": spec.small_stage, "d_steps": spec.d_steps,
+                    "small_params": made["source_params"], "seed": seed}
   return summary
 
 
@@ -34,78 +43,139 @@ def _flops_per_token(run_dir: str) -> float:
   return flops.train_flops_per_token(params_io.read_model_config(run_dir), seq_len)
 
 
+def _mean_se(values) -> dict:
+  mean, se = stats.mean_se(values)
+  return {"mean": mean, "se": se, "values": [float(v) for v in values]}
+
+
+def _arm_curves(arm: str, context) -> tuple[list, dict]:
+  """The arm's curves, one per seed, each shifted by its small model's tokens and FLOPs at d."""
+  grown = context.seed_summaries("grow")
+  curves, small_tokens, small_flops = [], [], []
+  for seed, (run_dir, small_dir) in enumerate(zip(context.stage_dirs(arm), context.stage_dirs("small_g4"))):
+    spec = grown[seed][arm]
+    tokens = growth.tokens_by_step(small_dir)[spec["d_steps"]]
+    cost = tokens * _flops_per_token(small_dir)
+    curves.append(growth.eval_curve(run_dir, _flops_per_token(run_dir), tokens, cost))
+    small_tokens.append(tokens)
+    small_flops.append(cost)
+  spec = grown[0][arm]
+  return curves, {"g": spec["layers"] // spec["small_layers"], "order": spec["order"], "new_layers": spec["new_layers"],
+                  "d_steps": spec["d_steps"], "small_params": spec["small_params"],
+                  "d_tokens": float(np.mean(small_tokens)), "small_flops": float(np.mean(small_flops))}
+
+
+def analyze(scratch: list, arms: dict[str, tuple[list, dict]], stack_arm: str, random_arm: str) -> dict:
+  """Per-arm results and the claims, from the scratch curves and each arm's (curves, spec), seeds in order."""
+  scratch_final = [float(c.loss[-1]) for c in scratch]
+  total_tokens = float(np.mean([c.tokens[-1] for c in scratch]))
+  out, claims = {}, []
+  for arm, (curves, spec) in arms.items():
+    final = [float(c.loss[-1]) for c in curves]
+    speed = {field: growth.seed_speedup(scratch, curves, field) for field in ("tokens", "flops")}
+    out[arm] = {**spec, "label": LABELS.get(arm, arm), "seeds": len(curves), "d_fraction": spec["d_tokens"] / total_tokens,
+                "final_loss": _mean_se(final), "final_bpb": _mean_se([float(c.bits_per_byte[-1]) for c in curves]),
+                "final_tokens": float(np.mean([c.tokens[-1] for c in curves])),
+                "final_flops": float(np.mean([c.flops[-1] for c in curves])),
+                "speedup": speed, "curves": [c.to_json() for c in curves]}
+    label = LABELS.get(arm, arm)
+    n = min(len(final), len(scratch_final))
+    claims.append(stats.claim(f"{arm}_lower_loss", f"{label} ends below scratch's held-out loss at the same total "
+                              "tokens D (seed by seed)", "final held-out loss", arm, "scratch", final[:n],
+                              scratch_final[:n], "a < b"))
+    claims.append(growth.speedup_claim(arm, label, speed["tokens"], "tokens"))
+    claims.append(growth.speedup_claim(arm, label, speed["flops"], "flops"))
+  if stack_arm in out and random_arm in out:
+    a, b = out[stack_arm]["final_loss"]["values"], out[random_arm]["final_loss"]["values"]
+    n = min(len(a), len(b))
+    claims.append(stats.claim("stack_beats_random", f"{LABELS.get(stack_arm, stack_arm)} ends below "
+                              f"{LABELS.get(random_arm, random_arm)} at the same tokens (seed by seed)",
+                              "final held-out loss", stack_arm, random_arm, a[:n], b[:n], "a < b"))
+  return {"arms": out, "claims": claims}
+
+
 def report_stage(args, stage_dir, context) -> dict:
-  scratch_dir = context.stage_dir("scratch")
-  scratch = growth.eval_curve(scratch_dir, _flops_per_token(scratch_dir))
-  total_tokens = float(scratch.tokens[-1])  # D as measured (tokens that are not padding)
-  grown = context.summaries["grow"]
-  arms = {}
-  for arm in args.arms:
-    spec = grown[arm]
-    small_dir = context.stage_dir(spec["small_stage"])
-    small_tokens = growth.tokens_by_step(small_dir)[spec["d_steps"]]
-    small_flops = small_tokens * _flops_per_token(small_dir)
-    run_dir = context.stage_dir(arm)
-    curve = growth.eval_curve(run_dir, _flops_per_token(run_dir), small_tokens, small_flops)
-    arms[arm] = {"g": spec["layers"] // spec["small_layers"], "order": spec["order"][:12],
-                 "new_layers": spec["new_layers"], "d_tokens": small_tokens, "d_fraction": small_tokens / total_tokens,
-                 "small_flops": small_flops, "final_loss": float(curve.loss[-1]),
-                 "final_bpb": float(curve.bits_per_byte[-1]), "final_flops": float(curve.flops[-1]),
-                 **growth.speedup(scratch, curve), "curve": curve.to_json()}
-  sweep = {a: r for a, r in arms.items() if a.startswith("g4_d")}
-  best = max(sweep, key=lambda a: (-1e9 if sweep[a]["speedup"] is None else sweep[a]["speedup"], -sweep[a]["final_loss"]),
-             default=None)
+  scratch_dirs = context.stage_dirs("scratch")
+  scratch = [growth.eval_curve(d, _flops_per_token(d)) for d in scratch_dirs]
+  arms = {arm: _arm_curves(arm, context) for arm in args.arms}
+  analysis = analyze(scratch, arms, args.stack_arm, args.random_arm)
+  small_cost = _flops_per_token(context.stage_dirs("small_g4")[0]) / _flops_per_token(scratch_dirs[0])
   results = {
-      "target_params": args.target_params, "target_tokens": args.target_tokens,
-      "scratch": {"final_loss": float(scratch.loss[-1]), "final_bpb": float(scratch.bits_per_byte[-1]),
-                  "final_flops": float(scratch.flops[-1]), "curve": scratch.to_json()},
-      "arms": arms, "best_d_arm": best, "best_d_tokens": arms[best]["d_tokens"] if best else None,
-      "formula_d_tokens": args.formula_d_tokens,
-      "formula_d_fraction": args.formula_d_tokens / args.target_tokens,
+      "scale": context.study.get("scale"), "seeds": len(scratch),
+      "target_params": args.target_params, "target_layer_params": args.target_layer_params,
+      "layer_share": args.target_layer_params / args.target_params, "target_tokens": args.target_tokens,
+      "small_cost_per_token": small_cost,
+      "scratch": {"final_loss": _mean_se([float(c.loss[-1]) for c in scratch]),
+                  "final_bpb": _mean_se([float(c.bits_per_byte[-1]) for c in scratch]),
+                  "final_tokens": float(np.mean([c.tokens[-1] for c in scratch])),
+                  "final_flops": float(np.mean([c.flops[-1] for c in scratch])),
+                  "curves": [c.to_json() for c in scratch]},
+      **analysis,
+      "formula_d_tokens": args.formula_d_tokens, "formula_d_fraction": args.formula_d_tokens / args.target_tokens,
       "formula_in_range": 4.1e8 <= args.target_params <= 7e9,
   }
   paths.write_text(paths.join(context.workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
-  lines = _table(results)
+  lines = table(results)
   paths.write_text(paths.join(context.workdir, "report.md"), "\n".join(lines) + "\n")
   log.info("\n".join(lines))
   _plot(results, context.workdir)
-  return {"best_d_arm": best, "speedups": {a: r["speedup"] for a, r in arms.items()}}
+  return {"seeds": len(scratch), "verdicts": {c["id"]: c["verdict"] for c in results["claims"]}}
 
 
-def _table(results) -> list[str]:
+def _speed(s: dict) -> str:
+  if s["mean"] is None:
+    return f"not reached ({s['reached']}/{s['seeds']} seeds)"
+  return f"{100 * s['mean']:+.1f}% ± {100 * s['se']:.1f}%" if np.isfinite(s["se"]) else f"{100 * s['mean']:+.1f}%"
+
+
+def _number(value, digits: int = 4) -> str:
+  return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def table(results) -> list[str]:
   scratch = results["scratch"]
-  lines = [f"Target: {results['target_params']:,} parameters, D = {results['target_tokens']:,} tokens. Scratch: final "
-           f"held-out loss L* = {scratch['final_loss']:.4f} ({scratch['final_bpb']:.4f} bits/byte) at "
-           f"{scratch['final_flops']:.3g} FLOPs.", "",
-           "| arm | g | order | new layers | d (tokens) | d / D | final loss | final bits/byte | FLOPs to L* | speedup |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  loss = scratch["final_loss"]
+  lines = [f"Target: {results['target_params']:,} parameters ({100 * results['layer_share']:.0f}% in its layers), "
+           f"D = {results['target_tokens']:,} tokens, {results['seeds']} paired seeds; the small model costs "
+           f"{results['small_cost_per_token']:.2f} x the target per token. Scratch: final held-out loss "
+           f"L* = {stats.format_mean_se(loss['mean'], loss['se'], 4)} (seed mean ± se) at "
+           f"{scratch['final_tokens']:,.0f} tokens, {scratch['final_flops']:.3g} FLOPs.", "",
+           "| arm | new layers | d (tokens) | d / D | final loss | tokens to L* | speedup (tokens) | speedup (FLOPs) |",
+           "|---|---|---|---|---|---|---|---|"]
   for arm, a in results["arms"].items():
-    reached = "not reached" if a["grown_flops"] is None else f"{a['grown_flops']:.3g}"
-    gain = "-" if a["speedup"] is None else f"{100 * a['speedup']:+.1f}%"
-    lines.append(f"| {arm} | {a['g']} | {a['order'][:6]}... | {a['new_layers']} | {a['d_tokens']:,.0f} | "
-                 f"{a['d_fraction']:.3f} | {a['final_loss']:.4f} | {a['final_bpb']:.4f} | {reached} | {gain} |")
-  lines += ["", f"Best measured d (g = 4 sweep): {results['best_d_arm']} ({results['best_d_tokens'] or 0:,.0f} tokens). "
-            f"The paper's formula gives d = {results['formula_d_tokens']:.3g} tokens "
+    t = a["speedup"]["tokens"]
+    reached = "not reached" if t["cost_mean"] is None else f"{t['cost_mean']:,.0f}"
+    lines.append(f"| {arm} | {a['new_layers']} | {a['d_tokens']:,.0f} | {a['d_fraction']:.3f} | "
+                 f"{stats.format_mean_se(a['final_loss']['mean'], a['final_loss']['se'], 4)} | {reached} | "
+                 f"{_speed(t)} | {_speed(a['speedup']['flops'])} |")
+  lines += ["", "| claim | statement | diff | se | seeds | verdict |", "|---|---|---|---|---|---|"]
+  for c in results["claims"]:
+    lines.append(f"| `{c['id']}` | {c['statement']} | {_number(c['diff'])} | {_number(c['se'])} | {c['n_seeds']} | "
+                 f"{c['verdict']} |")
+  lines += ["", f"The paper's growth-timing formula gives d = {results['formula_d_tokens']:.3g} tokens "
             f"({results['formula_d_fraction']:.3g} x D)"
             + ("." if results["formula_in_range"] else
                ", outside its fitted range (targets of about 410M-7B parameters): it says nothing here.")]
   return lines
 
 
+def _mean_curve(curves: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  n = min(len(c["loss"]) for c in curves)
+  return (np.mean([c[key][:n] for c in curves], axis=0), np.mean([c["loss"][:n] for c in curves], axis=0))
+
+
 def _plot(results, workdir) -> None:
   from yijax.analysis.plots import figures as plt
 
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-  curves = {"scratch": results["scratch"]["curve"], **{a: r["curve"] for a, r in results["arms"].items()}}
-  for name, curve in curves.items():
-    style = {"color": "black", "linewidth": 2} if name == "scratch" else {}
-    left.plot(curve["flops"], curve["loss"], label=name, **style)
-  left.axhline(results["scratch"]["final_loss"], color="gray", linestyle=":", linewidth=1)
-  left.set(xlabel="training FLOPs (small model at its own cost)", ylabel="held-out loss", title="loss against FLOPs")
-  left.legend(fontsize=7)
-  sweep = [(r["d_fraction"], r["speedup"]) for a, r in results["arms"].items() if a.startswith("g4_d")]
-  right.plot([100 * f for f, _ in sweep], [np.nan if s is None else 100 * s for _, s in sweep], marker="o")
-  right.axhline(0, color="gray", linewidth=1)
-  right.set(xscale="log", xlabel="d / D (%)", ylabel="speedup at L* (%)", title="G_stack (g = 4): growth timing")
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  curves = {"scratch": results["scratch"]["curves"], **{a: r["curves"] for a, r in results["arms"].items()}}
+  for ax, key, label in zip(axes, ("tokens", "flops"), ("tokens (small model's included)",
+                                                          "training FLOPs (small model at its own cost)")):
+    for name, runs in curves.items():
+      style = {"color": "black", "linewidth": 2} if name == "scratch" else {}
+      ax.plot(*_mean_curve(runs, key), label=name, **style)
+    ax.axhline(results["scratch"]["final_loss"]["mean"], color="gray", linestyle=":", linewidth=1)
+    ax.set(xlabel=label, ylabel="held-out loss (seed mean)", title=f"loss against {key}")
+    ax.legend(fontsize=7)
   fig.tight_layout()
   plots.save(fig, paths.join(workdir, "growth.png"), dpi=100)

@@ -45,6 +45,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c.train.progress_bar = True      # tqdm bar with tokens/s and ETA (process 0)
   c.train.tensorboard = True       # also write TensorBoard events (metrics.jsonl is always written)
   c.train.stop_after = 0           # end this invocation after N steps (0 = run to train.steps); resumable
+  # end the run (final evaluation and checkpoint) after the step at which tokens_seen reaches this many real
+  # tokens (0 = off); train.steps then only bounds it. A stage length in tokens that batch growth cannot stretch
+  c.train.max_tokens = 0
   c.train.objective = "lm"         # "lm" or "package.module:function" (train/objectives.py)
   c.train.reference_from = ""      # model dir of a frozen reference model the objective reads ("" = none)
   # options passed to the objective with z_loss and vocab_chunk (read by yijax.unlearning.objectives)

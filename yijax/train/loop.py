@@ -233,12 +233,23 @@ class _Run:
 
   # ---------------------------------------------------------------- the loop
 
+  def _budget_spent(self) -> bool:
+    """train.max_tokens reached: the run ends at this step as it would at train.steps."""
+    budget = int(self.config.train.get("max_tokens", 0) or 0)
+    return bool(budget) and self.meta["tokens_seen"] >= budget
+
   def train(self) -> dict:
     step = self.start
+    if self._budget_spent():  # resumed after the token budget ended it: finished
+      self.end = step
     with _Preemption() as preemption:
       while step < self.end:
         k = _call_length(step, self.end, self.steps_per_call, self.eval_due, self.checkpointer)
         step = self._run_call(step, k)
+        if self._budget_spent() and getattr(self, "finish_step", None) is None:  # also at a stop_after end
+          log.info(f"train.max_tokens={self.config.train.max_tokens:,} reached at step {step} "
+                   f"({self.meta['tokens_seen']:,} tokens seen): the run ends here")
+          self.end = self.finish_step = step
         if self.eval_due(step) and step != self.end:
           results = _run_evals(self.evaluate, self.evaluators, self.state.params, step)
           self.growth.observe(results.get("loss"))
@@ -251,7 +262,8 @@ class _Run:
         if self.checkpointer.due(step, self.end):
           self._save(step)
     final_evals = {}
-    if self.end == self.config.train.steps and (self.evaluate or self.evaluators) and self.start < self.end:
+    finished = self.end == self.config.train.steps or self.end == getattr(self, "finish_step", None)
+    if finished and (self.evaluate or self.evaluators) and self.start < self.end:
       final_evals = _run_evals(self.evaluate, self.evaluators, self.state.params, self.end)
       self.writer.write(self.end, final_evals, metrics_lib.EVAL_FILE)
     return {"step": self.end, **self.last, **{f"eval/{k}": v for k, v in final_evals.items()}}

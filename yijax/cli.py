@@ -29,7 +29,9 @@ COMMANDS: dict[str, Command] = {
     "quickstart": Command("offline: tokenizer + data from the embedded corpus, train tiny, eval, sample", "quickstart"),
     "model-info": Command("parameter counts and bytes of a model config (allocates nothing)", "model_info"),
     "convert": Command("hf-to-yijax | yijax-to-hf: Hugging Face safetensors <-> yijax model dirs", "convert"),
-    "generate": Command("sample from a model dir or run dir (KV-cache decoding)", "generate"),
+    "generate": Command("sample from a model dir or run dir (KV-cache decoding; --chat: chat prompts)", "generate"),
+    "chat": Command("talk to a chat model in the terminal: --ckpt=DIR [--system=TEXT] (history kept, streamed)",
+                    "chat"),
     "train": Command("train or resume a run: --config=FILE --workdir=DIR [--config.x=v]", "train"),
     "prepare": Command("raw text / JSONL / TFDS -> token-id ArrayRecord shards (parallel, resumable)", "prepare"),
     "curate": Command("Yi's data cascade: heuristic rules, language id, learned scorers, exact / MinHash / "

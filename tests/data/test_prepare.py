@@ -247,6 +247,6 @@ def test_tokenizer_command(tmp_path, capsys):
   tokenizer = Tokenizer(str(out))
   assert tokenizer.vocab_size == 600 and tokenizer.decode(tokenizer.encode("def alpha():")) == "def alpha():"
   assert cli.main(["yijax", "tokenizer", "fit", "--vocab_size=300", f"--out={out}"]) == 1
-  assert "yijax tokenizer {train}" in capsys.readouterr().err
+  assert "yijax tokenizer {train | add-chat-tokens}" in capsys.readouterr().err
   assert cli.main(["yijax", "tokenizer", "train", "--vocab_size=300", f"--out={out}"]) == 1
   assert "--input" in capsys.readouterr().err

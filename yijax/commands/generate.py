@@ -1,4 +1,8 @@
-"""yijax generate --ckpt=DIR (--prompt=TEXT --tokenizer=PATH | --prompt_ids=1,2,3) --max_new_tokens=N"""
+"""yijax generate --ckpt=DIR (--prompt=TEXT --tokenizer=PATH | --prompt_ids=1,2,3) --max_new_tokens=N
+
+--chat: each --prompt is a user message, rendered with the chat template (the model's, else Yi's ChatML;
+--system adds a system prompt) and answered up to <|im_end|>.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ def define_flags(fv, argv):
   flags.DEFINE_string("output", None, "write one JSON object per prompt to this .jsonl file (- : to stdout, "
                       "with nothing else there)", flag_values=fv)
   flags.DEFINE_string("dtype", None, "compute dtype (default: the model's)", flag_values=fv)
+  flags.DEFINE_boolean("chat", False, "each --prompt is a user message to a chat model: rendered with the chat "
+                       "template, answered up to <|im_end|>", flag_values=fv)
+  flags.DEFINE_string("system", "", "with --chat: a system prompt before each message", flag_values=fv)
+  flags.DEFINE_string("template", None, "with --chat: a chat template name (yi) or Jinja string (default: the one "
+                      "the model was fine-tuned with, else Yi's)", flag_values=fv)
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -54,13 +63,23 @@ def run(fv, args):
   config = params_io.read_model_config(fv.ckpt)  # every check before the weights are read
   if tokenizer is not None:
     tokenizer.check_fits(config.vocab_size)
-  prompts = ([tokenizer.encode(p, add_bos=fv.add_bos) for p in fv.prompt] if fv.prompt
-             else [_parse_ids(p) for p in fv.prompt_ids])
+  chat_stops = None
+  if fv.chat:
+    from yijax.eval import chat
+
+    if not fv.prompt:
+      raise UsageError("--chat takes --prompt messages (text), not --prompt_ids")
+    fmt = chat.chat_format_for(fv.ckpt, fv.template)
+    chat_stops = chat.stop_ids(tokenizer, fmt)
+    prompts = chat.chat_prompts(tokenizer, fmt, fv.prompt, fv.system)
+  else:
+    prompts = ([tokenizer.encode(p, add_bos=fv.add_bos) for p in fv.prompt] if fv.prompt
+               else [_parse_ids(p) for p in fv.prompt_ids])
   bad = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
   if bad:
     raise UsageError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {config.vocab_size})")
   check_length(max(len(p) for p in prompts), fv.max_new_tokens, config.max_seq_len)
-  stop_ids = [int(s) for s in fv.stop_ids] if fv.stop_ids is not None else (
+  stop_ids = [int(s) for s in fv.stop_ids] if fv.stop_ids is not None else chat_stops if chat_stops else (
       [tokenizer.eos_id] if tokenizer is not None and tokenizer.eos_id >= 0 else [])
   config, params = params_io.load_model(fv.ckpt)
   if fv.dtype:
@@ -69,6 +88,9 @@ def run(fv, args):
   records = []
   for prompt, ids in zip(prompts, outputs):
     record = {"prompt_ids": prompt, "token_ids": ids}
+    if fv.chat:
+      record["message"] = fv.prompt[len(records)]
+      record["stopped"] = bool(ids) and ids[-1] in stop_ids
     if tokenizer is not None:
       record["prompt"] = tokenizer.decode(prompt)
       record["text"] = tokenizer.decode([i for i in ids if i not in stop_ids])
@@ -84,5 +106,5 @@ def run(fv, args):
     paths.write_text(fv.output, "".join(json.dumps(record) + "\n" for record in records))
   for record in records:
     line = record.get("text", " ".join(map(str, record["token_ids"])))
-    print(f"{record.get('prompt', record['prompt_ids'])!r} -> {line!r}", file=sys.stdout)
+    print(f"{record.get('message', record.get('prompt', record['prompt_ids']))!r} -> {line!r}", file=sys.stdout)
   return 0

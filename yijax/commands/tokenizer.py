@@ -1,4 +1,5 @@
-"""yijax tokenizer train --input=FILES --vocab_size=N --out=DIR [--embedded]"""
+"""yijax tokenizer train --input=FILES --vocab_size=N --out=DIR [--embedded] [--chat_tokens]
+yijax tokenizer add-chat-tokens --tokenizer=PATH --out=DIR   (<|im_start|>/<|im_end|> as single tokens, same size)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from absl import flags
 
 from yijax.cli import UsageError
 
-ACTIONS = ("train",)
+ACTIONS = ("train", "add-chat-tokens")
 
 
 def define_flags(fv, argv):
@@ -24,6 +25,9 @@ def define_flags(fv, argv):
   flags.DEFINE_integer("num_threads", os.cpu_count() or 1, "sentencepiece trainer threads", flag_values=fv)
   flags.DEFINE_integer("input_sentence_size", 2_000_000, "lines sampled for training (0 = all)", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "sentencepiece sampling seed", flag_values=fv)
+  flags.DEFINE_boolean("chat_tokens", False, "train: make <|im_start|> and <|im_end|> single tokens (ids 3, 4; "
+                       "ChatML chat fine-tuning)", flag_values=fv)
+  flags.DEFINE_string("tokenizer", None, "add-chat-tokens: the tokenizer to copy (.model or dir)", flag_values=fv)
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -41,12 +45,14 @@ def _expand(patterns: list[str]) -> list[str]:
 
 def run(fv, args):
   from yijax.data import corpus
-  from yijax.data.tokenizer import train_tokenizer
+  from yijax.data.tokenizer import CHAT_TOKENS, train_tokenizer
 
-  if args != ["train"]:
+  if len(args) != 1 or args[0] not in ACTIONS:
     raise UsageError(f"say the action: yijax tokenizer {{{' | '.join(ACTIONS)}}} ... (got {args})")
   if not fv.out:
     raise UsageError("--out is required")
+  if args[0] == "add-chat-tokens":
+    return _add_chat_tokens(fv)
   if not fv.vocab_size or fv.vocab_size < 16:
     raise UsageError(f"--vocab_size={fv.vocab_size}: give the number of pieces, e.g. --vocab_size=8000")
   inputs = _expand(fv.input)
@@ -59,7 +65,19 @@ def run(fv, args):
       print(f"embedded corpus sample: {size / 2**20:.2f} MiB of the train split")
       inputs.append(sample)
     tokenizer = train_tokenizer(inputs, fv.vocab_size, fv.out, num_threads=fv.num_threads, seed=fv.seed,
-                                input_sentence_size=fv.input_sentence_size)
+                                input_sentence_size=fv.input_sentence_size,
+                                user_defined_symbols=CHAT_TOKENS if fv.chat_tokens else ())
   print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces, bos {tokenizer.bos_id}, eos {tokenizer.eos_id}, "
         f"sha256 {tokenizer.checksum[:16]}")
+  return 0
+
+
+def _add_chat_tokens(fv) -> int:
+  from yijax.data.tokenizer import CHAT_TOKENS, add_chat_tokens
+
+  if not fv.tokenizer:
+    raise UsageError("add-chat-tokens needs --tokenizer=PATH (a .model file or a dir with tokenizer.model)")
+  tokenizer = add_chat_tokens(fv.tokenizer, fv.out)
+  ids = {piece: tokenizer.encode(piece)[0] for piece in CHAT_TOKENS}
+  print(f"wrote {tokenizer.path}: {tokenizer.vocab_size} pieces, " + ", ".join(f"{p} = {i}" for p, i in ids.items()))
   return 0

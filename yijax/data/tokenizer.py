@@ -21,6 +21,7 @@ from yijax.errors import DataError, MissingFileError
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
 BOS_PIECE, EOS_PIECE = "<|startoftext|>", "<|endoftext|>"
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")  # ChatML's turn markers (Yi's chat models)
 
 
 def _sp():
@@ -119,8 +120,10 @@ class Tokenizer:
 
 def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
                     max_sentence_length: int = 16384, input_sentence_size: int = 2_000_000,
-                    character_coverage: float = 0.9999, num_threads: int = 2, seed: int = 0) -> Tokenizer:
-  """Trains a BPE model with Yi's settings on text files; writes DIR/tokenizer.model + meta."""
+                    character_coverage: float = 0.9999, num_threads: int = 2, seed: int = 0,
+                    user_defined_symbols: Sequence[str] = ()) -> Tokenizer:
+  """Trains a BPE model with Yi's settings on text files; writes DIR/tokenizer.model + meta.
+  user_defined_symbols: strings that are always one token (ids 3.., after unk/bos/eos), e.g. CHAT_TOKENS."""
   missing = [p for p in inputs if not os.path.isfile(p)]
   if missing:
     raise MissingFileError(f"tokenizer training input(s) not found: {missing}")
@@ -128,7 +131,8 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
   if hasattr(_sp(), "set_random_generator_seed"):
     _sp().set_random_generator_seed(seed)
   try:
-    _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads)
+    _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads,
+           list(user_defined_symbols))
   except RuntimeError as e:  # sentencepiece's own message says what to change (e.g. a vocabulary too small)
     raise DataError(f"sentencepiece training of a {vocab_size}-piece tokenizer failed: "
                     f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
@@ -144,8 +148,11 @@ def train_tokenizer(inputs: Sequence[str], vocab_size: int, out_dir: str,
   return tokenizer
 
 
-def _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads):
+def _train(model, inputs, vocab_size, character_coverage, max_sentence_length, input_sentence_size, num_threads,
+           user_defined_symbols=()):
+  extra = {"user_defined_symbols": user_defined_symbols} if user_defined_symbols else {}
   _sp().SentencePieceTrainer.Train(
+      **extra,
       input=list(inputs),
       model_writer=model,
       model_type="bpe",
@@ -166,3 +173,39 @@ def _train(model, inputs, vocab_size, character_coverage, max_sentence_length, i
       num_threads=num_threads,
       minloglevel=2,
   )
+
+
+def add_chat_tokens(path: str, out_dir: str, pieces: Sequence[str] = CHAT_TOKENS) -> Tokenizer:
+  """A copy of a tokenizer in which each of `pieces` is one token: a piece it lacks takes over the id of its
+  last (rarest) ordinary piece, so the vocabulary size, and with it a trained model's embedding, stays the same
+  (those ids' rows are then learned by fine-tuning, as Yi's reserved tokens are). Writes DIR/tokenizer.model
+  + meta; a tokenizer that already has them is copied unchanged."""
+  from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+  source = Tokenizer(path)
+  proto = model_pb2.ModelProto()
+  proto.ParseFromString(paths.path(source.path).read_bytes())
+  existing = {p.piece: i for i, p in enumerate(proto.pieces)}
+  missing = [p for p in pieces if len(source.encode(p)) != 1 and p not in existing]
+  normal = [i for i, p in enumerate(proto.pieces) if p.type == model_pb2.ModelProto.SentencePiece.NORMAL]
+  if len(missing) > len(normal):
+    raise DataError(f"{source.path} has too few ordinary pieces to hold {missing}")
+  for piece, index in zip(missing, reversed(normal)):
+    proto.pieces[index].piece = piece
+    proto.pieces[index].type = model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    proto.pieces[index].score = 0.0
+  for piece in pieces:  # present but split (not user defined): make it one
+    if piece in existing and len(source.encode(piece)) != 1:
+      proto.pieces[existing[piece]].type = model_pb2.ModelProto.SentencePiece.USER_DEFINED
+  os.makedirs(out_dir, exist_ok=True)
+  target = os.path.join(out_dir, MODEL_FILE)
+  with open(target + ".tmp", "wb") as f:
+    f.write(proto.SerializeToString())
+  os.replace(target + ".tmp", target)
+  tokenizer = Tokenizer(target)
+  bad = [p for p in pieces if len(tokenizer.encode(p)) != 1]
+  if bad:
+    raise DataError(f"{target}: {bad} still do not encode to one token")
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(tokenizer.meta(), f, indent=2)
+  return tokenizer

@@ -99,6 +99,18 @@ class Generator:
     self._prefill = jax.jit(self._prefill_fn)
     donate = (1,) if jax.default_backend() != "cpu" else ()
     self._decode = jax.jit(self._decode_fn, donate_argnums=donate)
+    self._step = jax.jit(self._step_fn, donate_argnums=donate)
+
+  def _step_fn(self, params, cache, token, positions, key, temperature, top_k, top_p):
+    """One decoding step of a batch: (the next tokens [b], the cache with `token` [b] at `positions` [b, 1])."""
+    logits, cache = models.apply(self.config, params, token[:, None], positions, cache=cache)
+    return sample_logits(logits[:, 0], key, temperature, top_k, top_p), cache
+
+  def stream(self, prompt: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling(), seed: int = 0,
+             stop_ids: Sequence[int] = ()) -> "TokenStream":
+    """The new tokens of one prompt as they are decoded (TokenStream); the same tokens as `generate` for
+    greedy decoding."""
+    return TokenStream(self, prompt, max_new_tokens, sampling, seed, stop_ids)
 
   def _prefill_fn(self, params, cache, tokens, lengths, key, temperature, top_k, top_p):
     self.trace_counts["prefill"] += 1
@@ -169,6 +181,47 @@ class Generator:
           break
       results.append(ids)
     return results
+
+
+class TokenStream:
+  """One prompt's new tokens, one at a time (interactive chat): the Generator's prefill, then a compiled
+  single-token step per token (compiled once per cache length). Iterate it; a stop token is yielded and ends
+  it, as does the budget."""
+
+  def __init__(self, generator: "Generator", prompt: Sequence[int], max_new_tokens: int,
+               sampling: Sampling = Sampling(), seed: int = 0, stop_ids: Sequence[int] = ()):
+    sampling.validate()
+    if not prompt or max_new_tokens < 1:
+      raise ConfigError("a token stream needs a prompt of at least one token and max_new_tokens >= 1")
+    self.generator, self.max_new_tokens, self.stop_ids = generator, max_new_tokens, set(int(s) for s in stop_ids)
+    self.knobs = (jnp.float32(sampling.temperature), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
+    bucket = bucket_length(len(prompt))
+    self.cache_len = _round_up(bucket + max_new_tokens, 128)
+    tokens = np.zeros((1, bucket), np.int32)
+    tokens[0, :len(prompt)] = prompt
+    self.length = len(prompt)
+    key_prefill, self.key = jax.random.split(jax.random.key(seed))
+    cache = models.init_cache(generator.config, 1, self.cache_len, generator.cache_dtype)
+    self.next_token, self.cache = generator._prefill(generator.params, cache, jnp.asarray(tokens),
+                                                     jnp.asarray([len(prompt)], jnp.int32), key_prefill, *self.knobs)
+    self.produced = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> int:
+    if self.produced >= self.max_new_tokens:
+      raise StopIteration
+    token = int(self.next_token[0])
+    self.produced += 1
+    if token in self.stop_ids:
+      self.max_new_tokens = self.produced  # the stop token is the last one
+    elif self.produced < self.max_new_tokens:
+      self.key, sub = jax.random.split(self.key)
+      position = jnp.asarray([[self.length + self.produced - 1]], jnp.int32)
+      self.next_token, self.cache = self.generator._step(self.generator.params, self.cache, self.next_token,
+                                                         position, sub, *self.knobs)
+    return token
 
 
 def greedy_reference(config: ModelConfig, params: Any, prompt: Sequence[int], max_new_tokens: int) -> list[int]:

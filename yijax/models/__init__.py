@@ -56,7 +56,7 @@ def init_params(config: ModelConfig, rng: jax.Array, mesh=None, rules=None) -> A
 
 
 def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=None, cache=None,
-          return_hidden: bool = False, return_aux: bool = False, dropout_rng=None):
+          return_hidden: bool = False, return_aux: bool = False, dropout_rng=None, embedding_noise=None):
   """Runs the model. With a cache (models.init_cache): positions say which slots the tokens fill; segment_ids
   given as well mean a prefill into an empty cache (1 = prompt, 0 = padding), attended through the training
   kernels, while without them the tokens attend to everything the cache holds (decoding). With return_aux,
@@ -64,9 +64,10 @@ def apply(config: ModelConfig, params: Any, tokens, positions=None, segment_ids=
   "stats": tree}: the auxiliary losses the layers sow (summed over layers,
   already scaled by their coefficients: the train loss adds them as they
   are) and per-layer statistics (MoE expert load, dropped fraction). dropout_rng: a PRNG key that turns on
-  config.dropout_rate (training only)."""
+  config.dropout_rate (training only). embedding_noise: [b, s, embed] added to the token embeddings
+  (NEFTune; training only)."""
   model = Transformer(config)
-  args = (tokens, positions, segment_ids, cache, return_hidden)
+  args = (tokens, positions, segment_ids, cache, return_hidden, embedding_noise)
   rngs = {"dropout": dropout_rng} if dropout_rng is not None and config.dropout_rate else None
   if not return_aux:
     return model.apply({"params": params}, *args, rngs=rngs)

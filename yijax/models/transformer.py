@@ -217,10 +217,13 @@ class Transformer(nn.Module):
           param_dtype=cfg.param_dtype,
       )
 
-  def __call__(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False):
+  def __call__(self, tokens, positions=None, segment_ids=None, cache=None, return_hidden=False, embedding_noise=None):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    x = sharding.constrain(dropout(self.config, self, self.embed(tokens)), ("batch", "length", "embed"))
+    x = self.embed(tokens)
+    if embedding_noise is not None:  # NEFTune: noise on the embeddings while fine-tuning
+      x = x + embedding_noise.astype(x.dtype)
+    x = sharding.constrain(dropout(self.config, self, x), ("batch", "length", "embed"))
     new_cache = None if cache is None else {}
     for name, stack in zip(self.stack_names, self.stacks):
       x, stack_cache = stack(x, positions, segment_ids, None if cache is None else cache[name])

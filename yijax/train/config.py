@@ -25,6 +25,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   # unpacked rows of single document chunks (the unlearning data; yijax/data/chunked.py) instead of the
   # packed mixture: every document cut into consecutive train.seq_len-token chunks, right-padded
   c.data.chunked = _chunked_config()
+  # chat fine-tuning: JSONL conversations rendered with a chat template, packed, loss on assistant tokens
+  # (yijax/data/sft.py; with train.objective="sft")
+  c.data.sft = _sft_config()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 100              # optimizer steps in the whole run
@@ -48,14 +51,15 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   # end the run (final evaluation and checkpoint) after the step at which tokens_seen reaches this many real
   # tokens (0 = off); train.steps then only bounds it. A stage length in tokens that batch growth cannot stretch
   c.train.max_tokens = 0
-  c.train.objective = "lm"         # "lm" or "package.module:function" (train/objectives.py)
+  c.train.objective = "lm"         # "lm", "sft" or "package.module:function" (train/objectives.py)
   c.train.reference_from = ""      # model dir of a frozen reference model the objective reads ("" = none)
-  # options passed to the objective with z_loss and vocab_chunk (read by yijax.unlearning.objectives)
+  # options passed to the objective with z_loss and vocab_chunk (read by yijax.unlearning.objectives, train/sft.py)
   c.train.objective_options = ml_collections.ConfigDict({
       "label_seed": 0,               # random_labels: seed of the random targets (a function of seed and chunk)
       "adversarial_shift": False,    # adversarial_labels: True = the reference code's one-position shift
       "kl_mask_padding": False,      # ascent_kl: False = cross entropy over all positions (reference code)
       "seq_chunk": 512,              # positions per block when full-vocabulary logits are needed
+      "neftune_alpha": 0.0,          # sft: NEFTune embedding noise scale (Yi: 5 for 6B, 45 for 34B; 0 = off)
   })
   # grow the batch (x factor, by accumulating more iterator batches per step) when the held-out
   # loss has not improved by min_delta for `patience` evaluations (Yi-9B); factor 1 = off.
@@ -136,6 +140,12 @@ def _chunked_config() -> ml_collections.ConfigDict:
   from yijax.data import chunked
 
   return chunked.default_config()
+
+
+def _sft_config() -> ml_collections.ConfigDict:
+  from yijax.data import sft
+
+  return sft.default_config()
 
 
 def _data_config() -> ml_collections.ConfigDict:

@@ -163,6 +163,12 @@ class _Run:
     self.data_sharding = sharding.data_sharding(self.mesh, self.rules)
     self.stacked_sharding = sharding.stacked(self.data_sharding)
     per_process = config.train.batch_size // jax.process_count()
+    if self.plan.sft is not None:
+      from yijax.data import sft as sft_data
+
+      self.iterator = sft_data.train_iterator(self.data, self.plan.sft.train, config.train.seq_len, per_process,
+                                              config.train.seed)
+      return
     make_iterator = chunked.train_iterator if chunked.enabled(self.data) else pipeline.train_iterator
     self.iterator = make_iterator(self.data, config.train.seq_len, per_process, config.train.seed)
 
@@ -215,7 +221,15 @@ class _Run:
         eval_batch_size=config.eval.batch_size, total_steps=config.train.steps,
         tokenizer_path=self.plan.tokenizer_path, token_bytes=self.plan.token_bytes)
     self.evaluate = None
-    if config.eval.batches > 0:
+    if self.plan.sft is not None:
+      if config.eval.batches > 0 and self.plan.sft.eval is not None:
+        from yijax.data import sft as sft_data
+        from yijax.train import sft
+
+        batches = sft_data.eval_batches(self.plan.sft.eval, config.train.seq_len, config.eval.batch_size,
+                                        config.eval.batches, bool(self.data.sft.pack))
+        self.evaluate = sft.held_out_evaluator(self.eval_context, batches)
+    elif config.eval.batches > 0:
       batches = pipeline.eval_batches(self.data, self.data.eval_split, config.train.seq_len,
                                       evaluation.process_rows(config.eval.batch_size), config.eval.batches,
                                       process_index=jax.process_index(), process_count=jax.process_count())

@@ -11,7 +11,7 @@ divided by the denominator ("loss" always present). aux: the model's
 {"losses", "stats"} (MoE balance losses already inside total).
 reference: parameters of a frozen model (None unless the run loads one).
 
-`train.objective` names one: "lm" (the default) or "package.module:function"
+`train.objective` names one: "lm" (the default), "sft" (chat fine-tuning) or "package.module:function"
 for objectives defined elsewhere (yijax.unlearning's, a study's own).
 """
 
@@ -65,12 +65,14 @@ def sequence_mean_nll(nll, mask):
 
 
 BUILTIN: dict[str, Callable] = {"lm": lm}
+ALIASES = {"sft": "yijax.train.sft:objective"}  # chat fine-tuning: assistant tokens only, NEFTune (train/sft.py)
 
 
 @functools.lru_cache(maxsize=None)
 def resolve(name: str) -> Callable:
   if name in BUILTIN:
     return BUILTIN[name]
+  name = ALIASES.get(name, name)
   module, _, fn = name.partition(":")
   if not fn:
     raise ConfigError(f"train.objective={name!r} is not one of {sorted(BUILTIN)} and not 'package.module:function'")

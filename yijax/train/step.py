@@ -83,7 +83,7 @@ def make_train_step(config: ModelConfig, optimizer, schedule, z_loss: float, voc
   def train_step(state: TrainState, batch, reference=None):
     # dropout's key: the run's key and the step (so a resumed run drops the same units), then the microbatch
     rng = None
-    if config.dropout_rate:
+    if config.dropout_rate or getattr(objective_fn, "needs_rng", False):  # dropout, or an objective's draws
       rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if microbatches == 1:
       grads, (denominator, sums, aux, stats) = grads_of(state.params, batch, reference, rng)

@@ -38,6 +38,7 @@ class RunPlan:
   tokenizer_path: str | None = None
   token_bytes: np.ndarray | None = None  # UTF-8 bytes per token id, for bits per byte
   data: Any = None  # a copy of config.data with prepared_dir resolved (resolve_data)
+  sft: Any = None  # data.sft runs: the chat tokenizer and encoded conversations (yijax/train/sft.py)
 
 
 def _positive(config, dotted: str) -> int:
@@ -130,10 +131,17 @@ def _check_data(data, model_config: ModelConfig) -> dict:
 
 def resolve_data(config, plan: RunPlan) -> RunPlan:
   """The plan with the data the run reads: config.data (copied), or the embedded corpus prepared once into a
-  shared cache (default_prepared_dir) when no data.prepared_dir is given; and its tokenizer."""
+  shared cache (default_prepared_dir) when no data.prepared_dir is given; and its tokenizer. data.sft runs:
+  the chat tokenizer and the encoded conversations (plan.sft)."""
+  from yijax.data import sft as sft_data
   from yijax.data.tokenizer import Tokenizer
 
   data = ml_collections.ConfigDict(config.data.to_dict())
+  if sft_data.enabled(data):  # chat conversations, tokenized when the run starts: no prepared data
+    from yijax.train import sft
+
+    resolved = sft.resolve(config, plan.model_config)
+    return dataclasses.replace(plan, data=data, tokenizer_path=resolved.tokenizer_path, sft=resolved)
   if not data.prepared_dir:
     data.prepared_dir = default_prepared_dir(plan.model_config.vocab_size)
   manifest = _check_data(data, plan.model_config)

@@ -121,7 +121,8 @@ def _unlearn(model, prepared: str, method: str, original, lr: float, epochs: int
   optimizer (AdamW, HF cosine with 3% warmup, no weight decay)."""
   forget_rows = rows // (2 if methods.get(method).retain else 1)
   overrides = methods.run_overrides(method, original, lr, epochs, 0, forget_rows)
-  overrides.update({"train.batch_size": rows, "train.seq_len": chunk_len, "data.chunked.save_every_epoch": True, "optimizer.schedule": "hf_cosine",
+  overrides.update({"train.batch_size": rows, "train.seq_len": chunk_len, "data.chunked.save_every_epoch": True,
+                    "optimizer.schedule": "hf_cosine",
                     "optimizer.warmup_ratio": 0.03, "optimizer.weight_decay": 0.0, "optimizer.b2": 0.999,
                     "optimizer.clip_norm": 1.0, **(extra or {})})
   config = base_config("tiny")
@@ -196,7 +197,7 @@ def _code_setting(study, scale: dict) -> dict:
             {"bpb": ["general_eval"]})
   return {"evaluate_stage": "code_evaluate", "original": "code_original", "gold": "code_gold",
           "metrics": _code_metrics("retain_eval"), "forget_metric": "forget_loss", "utility_metric": "retain_loss",
-          "arms": arms}
+          "arms": arms, "matched": ["forget_loss", "approximate_loss"], "matched_expect": "a < b"}
 
 
 def _entity_setting(study, scale: dict) -> dict:
@@ -229,7 +230,8 @@ def _entity_setting(study, scale: dict) -> dict:
   _evaluate(study, "ent_evaluate", "ent_data", sets, chunk_len, True, ["ent_original", "ent_gold"], {}, arms,
             {"bpb": ["general_eval"], "tasks": tasks, "tokenizer": "{stage:ent_data}/tokenizer/tokenizer.model"})
   return {"evaluate_stage": "ent_evaluate", "original": "ent_original", "gold": "ent_gold",
-          "metrics": ENTITY_METRICS, "forget_metric": "forget_qa", "utility_metric": "retain_qa", "arms": arms}
+          "metrics": ENTITY_METRICS, "forget_metric": "forget_qa", "utility_metric": "retain_qa", "arms": arms,
+          "matched": ["forget_qa", "approximate_qa"], "matched_expect": "a > b"}
 
 
 def _small_scale(name: str) -> ml_collections.ConfigDict:
@@ -240,6 +242,13 @@ def _small_scale(name: str) -> ml_collections.ConfigDict:
       "kind": "python", "depends_on": ["code_evaluate", "ent_evaluate"], "fn": "yijax.unlearning.study:analyze",
       "args": {"settings": settings}})
   return study
+
+
+def _paper_pretrain_flops() -> float:
+  """Training FLOPs of Yi-6B's pretraining (3.1T tokens at 4,096): what retraining without the forget set costs."""
+  from yijax.train import flops
+
+  return float(PAPER["pretrain_tokens"] * flops.train_flops_per_token(presets.get("yi_6b"), PAPER["chunk_len"]))
 
 
 def _paper() -> ml_collections.ConfigDict:
@@ -268,7 +277,7 @@ def _paper() -> ml_collections.ConfigDict:
       "args": {"settings": {"code": {"evaluate_stage": "evaluate", "original": "original", "gold": "",
                                      "metrics": metrics, "forget_metric": "forget_loss",
                                      "utility_metric": "retain_loss", "arms": arms,
-                                     "retrain_flops": 0}}}})
+                                     "retrain_flops": _paper_pretrain_flops()}}}})
   return study
 
 

@@ -131,10 +131,18 @@ def setting_results(setting: dict, context) -> dict:
     forget = setting["forget_metric"]
     expect = "a > b" if next(s for s in specs if s["key"] == forget).get("higher_when_known", True) else "a < b"
     out["claims"] = [stats.claim(
-        "original_knows_forget_set", f"the original model is above the gold model on {forget} (there is something "
-        "to unlearn)", forget, setting["original"], setting["gold"], original["values"][forget],
+        "original_knows_forget_set", f"the original model knows the forget data better than the gold model on "
+        f"{forget} (there is something to unlearn)", forget, setting["original"], setting["gold"], original["values"][forget],
         gold["values"][forget], expect, paired=True,
         floor_se=float(np.mean(original["se"][forget])))]
+    if setting.get("matched"):  # the approximate set stands in for the forget set: as hard for the gold model
+      a, b = setting["matched"]
+      floor = math.sqrt(float(np.mean(gold["se"][a])) ** 2 + float(np.mean(gold["se"][b])) ** 2)
+      out["claims"].append(stats.claim(
+          "gold_forget_differs_from_approximate", f"the gold model (which saw neither) finds the forget set easier "
+          f"than the approximate set on {a} vs {b} (not resolved = matched within noise)", f"{a} - {b}",
+          f"{setting['gold']}:{a}", f"{setting['gold']}:{b}", gold["values"][a], gold["values"][b],
+          setting.get("matched_expect", "a < b"), paired=True, floor_se=floor))
   first = read_result(evaluate_dir, f"{setting['original']}_seed0")
   model = params_io.read_model_config(first["model"])
   gold_dir = context.stage_dirs(setting["gold"])[0] if setting.get("gold") else None

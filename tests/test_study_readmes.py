@@ -88,12 +88,30 @@ def test_results_tables_come_from_committed_results(study):
         assert appears(number, leaves), f"experiments/{study}/README.md: {number} in {row!r} is not in results.json"
 
 
+def all_claims(value) -> list[dict]:
+  """Every claim of a results.json: its "claims" list and those of nested sections (a study's settings)."""
+  out = []
+  if isinstance(value, dict):
+    for key, item in value.items():
+      if key == "claims" and isinstance(item, list):
+        out += [c for c in item if isinstance(c, dict) and "id" in c]
+      else:
+        out += all_claims(item)
+  elif isinstance(value, list):
+    for item in value:
+      out += all_claims(item)
+  return out
+
+
 @pytest.mark.parametrize("study", STUDIES)
 def test_cited_claims_exist_with_their_verdicts(study):
   text = open(os.path.join(ROOT, "experiments", study, "README.md")).read()
   claims = {}
   for path in glob.glob(os.path.join(ROOT, "experiments", study, "results", "*", "results.json")):
-    claims.update({c["id"]: c["verdict"] for c in json.load(open(path)).get("claims", [])})
+    found = all_claims(json.load(open(path)))
+    ids = [c["id"] for c in found]
+    assert len(ids) == len(set(ids)), f"{path}: claim ids repeat: {sorted(i for i in set(ids) if ids.count(i) > 1)}"
+    claims.update({c["id"]: c["verdict"] for c in found})
   for claim_id, verdict in CITATION.findall(text):
     assert claim_id in claims, f"experiments/{study}/README.md cites claim {claim_id!r}, not in its results"
     assert verdict, f"experiments/{study}/README.md: cite claim `{claim_id}` as \"claim `{claim_id}`: VERDICT\""
@@ -108,5 +126,5 @@ def test_committed_results_are_complete():
     record = json.load(open(os.path.join(directory, "run.json")))
     assert record["command"].startswith("yijax experiment") and record["commit"] and record["machine"]
     results = json.load(open(os.path.join(directory, "results.json")))
-    for claim in results.get("claims", []):
+    for claim in all_claims(results):
       assert {"id", "statement", "metric", "a", "b", "diff", "se", "n_seeds", "verdict"} <= set(claim)

@@ -104,9 +104,9 @@ def _run_flops(run_dir: str, model, reference: bool) -> float:
                             int(config["train"]["seq_len"]), reference)
 
 
-def setting_results(setting: dict, context) -> dict:
+def setting_results(setting: dict, context, name: str = "") -> dict:
   """One setting's results: original and gold per seed, the band checks, every arm's path, per method its
-  robust learning rates and its point closest to gold."""
+  robust learning rates and its point closest to gold. Claim ids start with the setting's name."""
   from yijax.train import params_io
 
   specs = [dict(s) for s in setting["metrics"]]
@@ -130,8 +130,9 @@ def setting_results(setting: dict, context) -> dict:
     out["checks"]["original_fails"] = not any(c["success"] for c in out["checks"]["original_seeds"])
     forget = setting["forget_metric"]
     expect = "a > b" if next(s for s in specs if s["key"] == forget).get("higher_when_known", True) else "a < b"
+    prefix = f"{name}_" if name else ""
     out["claims"] = [stats.claim(
-        "original_knows_forget_set", f"the original model knows the forget data better than the gold model on "
+        f"{prefix}original_knows_forget_set", f"the original model knows the forget data better than the gold model on "
         f"{forget} (there is something to unlearn)", forget, setting["original"], setting["gold"], original["values"][forget],
         gold["values"][forget], expect, paired=True,
         floor_se=float(np.mean(original["se"][forget])))]
@@ -139,7 +140,7 @@ def setting_results(setting: dict, context) -> dict:
       a, b = setting["matched"]
       floor = math.sqrt(float(np.mean(gold["se"][a])) ** 2 + float(np.mean(gold["se"][b])) ** 2)
       out["claims"].append(stats.claim(
-          "gold_forget_differs_from_approximate", f"the gold model (which saw neither) finds the forget set easier "
+          f"{prefix}gold_forget_differs_from_approximate", f"the gold model (which saw neither) finds the forget set easier "
           f"than the approximate set on {a} vs {b} (not resolved = matched within noise)", f"{a} - {b}",
           f"{setting['gold']}:{a}", f"{setting['gold']}:{b}", gold["values"][a], gold["values"][b],
           setting.get("matched_expect", "a < b"), paired=True, floor_se=floor))
@@ -183,7 +184,8 @@ def setting_results(setting: dict, context) -> dict:
 
 
 def build_results(args, context) -> dict:
-  return {"settings": {name: setting_results(dict(setting), context) for name, setting in dict(args.settings).items()},
+  return {"settings": {name: setting_results(dict(setting), context, name)
+                       for name, setting in dict(args.settings).items()},
           "k": K}
 
 

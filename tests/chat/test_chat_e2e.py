@@ -8,7 +8,7 @@ import sys
 from yijax import cli
 from yijax.data import chat
 
-from conftest import read_jsonl
+from .conftest import read_jsonl
 
 
 def test_sft_run_held_out_assistant_loss_falls(sft_run):

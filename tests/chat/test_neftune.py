@@ -6,7 +6,7 @@ import numpy as np
 
 from yijax.train import sft
 
-from conftest import MODEL
+from .conftest import MODEL
 
 
 def test_noise_scale_is_alpha_over_sqrt_length_times_dim():

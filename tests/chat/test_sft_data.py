@@ -8,7 +8,7 @@ import pytest
 
 from yijax.data import chat, sft, synthetic_chat
 
-from conftest import MODEL
+from .conftest import MODEL
 
 
 def _encoded(tokenizer, count=40, seq_len=128, seed=3):
